@@ -1,0 +1,91 @@
+"""One request relayed from the hub to the engine and back, under the hub's credit.
+
+The agent may have at most ``window`` chunks of a response unacknowledged
+(:mod:`porten.protocol`); when it runs out it stops reading the engine's
+response, so TCP backpressure reaches the engine and a slow client slows
+its own generation instead of filling memory anywhere on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+from porten.agent.engines.base import Engine, EngineError
+from porten.protocol import (
+    AgentMessage,
+    AgentResponseChunk,
+    AgentResponseStart,
+    HubRequest,
+)
+
+Send = Callable[[AgentMessage], Awaitable[None]]
+
+
+class Credit:
+    """Chunks this stream may still send before the hub acknowledges more."""
+
+    def __init__(self, window: int) -> None:
+        self._available = window
+        self._granted = asyncio.Event()
+
+    @property
+    def available(self) -> int:
+        """Chunks that may be sent right now."""
+        return self._available
+
+    def grant(self, chunks: int) -> None:
+        """The hub wrote ``chunks`` more of ours to its client."""
+        self._available += chunks
+        self._granted.set()
+
+    async def take(self) -> None:
+        """Spend one chunk of credit, waiting for the hub if none is left."""
+        while self._available <= 0:
+            self._granted.clear()
+            await self._granted.wait()
+        self._available -= 1
+
+
+@attrs.define
+class Stream:
+    """A request in flight on this agent."""
+
+    request: HubRequest
+    credit: Credit
+    task: asyncio.Task[None] | None = None
+    #: The relay began (a task cancelled before its first step never runs its handlers).
+    running: bool = False
+    #: The hub asked to stop (as opposed to the connection ending).
+    cancelled_by_hub: bool = False
+
+
+async def relay(engine: Engine, request: HubRequest, credit: Credit, send: Send) -> str:
+    """Send the engine's answer to the hub: start, then chunks within credit.
+
+    Returns ``""`` when the body ended normally, else the error for
+    ``AgentResponseEnd``. The engine's response is always closed on the way
+    out; closed early (cancelled, connection lost) it aborts the engine's
+    request, so the engine stops generating.
+    """
+    rid = request.request_id
+    try:
+        response = await engine.request(request.path, request.body, stream=request.stream)
+    except EngineError as exc:
+        return str(exc)
+    try:
+        await send(
+            AgentResponseStart(
+                request_id=rid, status=response.status, content_type=response.content_type
+            )
+        )
+        async for data in response.chunks():
+            await credit.take()
+            await send(AgentResponseChunk(request_id=rid, data=data))
+    except EngineError as exc:
+        return str(exc)
+    finally:
+        await response.aclose()
+    return ""

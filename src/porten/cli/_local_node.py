@@ -1,0 +1,77 @@
+"""The node ``porten up`` runs beside the hub: a real agent, over a real WebSocket.
+
+It is the same :class:`~porten.agent.connection.Agent` a remote node runs,
+dialling the hub's own port, so ``porten up`` exercises the whole path a
+fleet does. It runs the ``sim`` engine: models are simulated, so a fresh
+machine needs no GPU and no downloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from porten.agent.connection import Agent
+from porten.agent.engines.base import Engine
+from porten.agent.engines.sim import SimModel
+from porten.agent.engines.sim_engine import SimEngine
+from porten.agent.settings import AgentSettings
+from porten.bootstrap import Hub
+from porten.cli._common import CommandError
+from porten.domain.catalog import DEFAULT_CATALOG, default_entry
+from porten.domain.state import nodes_serving
+from porten.services.local_setup import LOCAL_NODE, LocalSetup, ensure_local_setup
+
+READY_TIMEOUT_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def local_node(
+    hub: Hub, url: str, preloaded: Sequence[str], *, engine: Engine | None = None
+) -> AsyncIterator[LocalSetup]:
+    """Enrol and start the local node; yields once it serves ``preloaded``; stops it after.
+
+    ``engine`` replaces the default sim engine (tests pass one with a fast profile,
+    and read its counters); it must hold ``preloaded`` from the start.
+    """
+    setup = await ensure_local_setup(
+        data_dir=hub.settings.data_dir,
+        server_secret=hub.server_secret,
+        writer=hub.writer,
+        projection=hub.projection,
+        catalog=DEFAULT_CATALOG,
+    )
+    if engine is None:
+        engine = SimEngine(
+            preloaded=[SimModel.from_catalog(default_entry(m)) for m in preloaded]
+        )
+    settings = AgentSettings(
+        hub_url=url, credential=setup.node_credential, engine="sim",
+        data_dir=hub.settings.data_dir,
+    )
+    agent = Agent(settings, engine)
+    task = asyncio.create_task(agent.run(), name="porten-up-agent")
+    try:
+        await _until_serving(hub, preloaded, task)
+        yield setup
+    finally:
+        await agent.stop()  # the hub records the node's disconnect before it stops
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until_serving(hub: Hub, models: Sequence[str], agent: asyncio.Task[None]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    while True:
+        state = hub.projection.state
+        if all(any(n.node_id == LOCAL_NODE for n in nodes_serving(state, m)) for m in models):
+            return
+        if agent.done():
+            agent.result()  # raises why the agent could not start
+            raise CommandError("the local node stopped before it was ready")
+        if loop.time() > deadline:
+            raise CommandError(f"the local node was not ready within {READY_TIMEOUT_S:.0f}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.projection.changed(), timeout=1.0)

@@ -1,0 +1,135 @@
+"""``porten hub`` and ``porten up``: run until interrupted, then stop everything cleanly.
+
+``porten up`` is the whole product on one machine: the hub on embedded
+defaults plus a local node agent. When it is ready it prints two shell lines
+on stdout (``export PORTEN_BASE_URL=…`` and ``export PORTEN_API_KEY=…``),
+so ``eval "$(porten up | head -2)"``-style scripts and a human pasting them
+both work; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from porten.adapters.http.app import HUB, create_app
+from porten.bootstrap import Hub, describe_database
+from porten.cli._common import data_options, run, settings_from
+from porten.config import Settings
+
+log = structlog.get_logger(__name__)
+
+#: Models the local sim node holds from the start (they fit its simulated 24 GB).
+UP_PRELOADED = (
+    "qwen2.5-7b-instruct",
+    "deepseek-r1-distill-qwen-14b",
+    "qwen2.5-vl-7b-instruct",
+    "nomic-embed-text",
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``hub`` and ``up`` to the command line."""
+    common = [data_options()]
+    hub = sub.add_parser(
+        "hub", parents=common, help="run the hub (API, agent gateway, event log)"
+    )
+    hub.add_argument("--host", help="address to listen on (env PORTEN_HOST; default 127.0.0.1)")
+    hub.add_argument("--port", type=int, help="port to listen on (env PORTEN_PORT; default 8080)")
+    hub.set_defaults(func=cmd_hub)
+
+    up = sub.add_parser(
+        "up", parents=common,
+        help="the hub and a local node on this machine, on embedded defaults",
+    )
+    up.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
+    up.set_defaults(func=cmd_up)
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    """Run the hub in the foreground."""
+    settings = settings_from(args, host=args.host, port=args.port)
+    run(serve(settings))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the hub and a local sim node; print the base URL and an API key."""
+    settings = settings_from(args, port=args.port)
+    run(serve(settings, local_node=True))
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def listening(settings: Settings) -> AsyncIterator[tuple[Hub, str]]:
+    """The hub app started and bound; yields the hub and its base URL."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=30.0)
+    await runner.setup()  # opens the database, the event log and the projection
+    try:
+        await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
+        port = next(
+            (a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2),
+            settings.port,
+        )
+        yield app[HUB], f"http://{settings.host}:{port}"
+    finally:
+        await runner.cleanup()  # drains in-flight streams, closes agent links, flushes events
+
+
+async def serve(settings: Settings, *, local_node: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then drain requests and stop the hub's parts.
+
+    The signal handlers stay installed until everything has stopped, so a
+    second Ctrl-C during shutdown does not abandon it halfway.
+    """
+    async with signalled() as stop, listening(settings) as (hub, url):
+        log.info("hub listening", url=url, event_log=describe_database(settings),
+                 position=hub.projection.position)
+        if not local_node:
+            await stop.wait()
+            log.info("hub stopping")
+            return
+        from porten.cli._local_node import local_node as start_local_node
+
+        async with start_local_node(hub, url, UP_PRELOADED) as setup:
+            sys.stderr.write(
+                f"porten is up at {url}\n"
+                f"  event log: {describe_database(settings)}\n"
+                "  local node: the 'sim' engine — simulated models, no GPU and no real\n"
+                "  inference; real engines come with the agent's builtin/ollama/openai engines.\n"
+                "  Paste the two lines below into a shell; Ctrl-C stops everything.\n"
+            )
+            sys.stdout.write(
+                f"export PORTEN_BASE_URL={url}/v1\nexport PORTEN_API_KEY={setup.api_key}\n"
+            )
+            sys.stdout.flush()
+            await stop.wait()
+            log.info("porten up stopping")
+
+
+@contextlib.asynccontextmanager
+async def signalled() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM; later signals are logged and ignored."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("already stopping; waiting for in-flight work to finish")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
