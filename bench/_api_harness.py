@@ -12,6 +12,8 @@ they are. Everything here is bench-only: no import of it from ``src/``.
   and filled from PyPI on first use, then reused).
 * The load: sequential interleaved requests (latency, TTFT), a closed loop at
   a fixed concurrency (throughput), and many long SSE streams (held streams).
+* :class:`Profiler` / :func:`hot_spots`: optional py-spy sampling of the
+  servers during chosen phases, summarised per function.
 """
 
 from __future__ import annotations
@@ -79,6 +81,20 @@ def tree_cpu_s(root: int) -> float:
         if int(stat[1]) == root:
             total += (int(stat[11]) + int(stat[12])) / CLK_TCK
     return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has spent (all CPUs, from /proc/stat).
+
+    User and system time only: interrupts and time stolen by the hypervisor
+    are nobody's process time.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system = (int(f) for f in fields[:3])
+    return (user + nice + system) / CLK_TCK
 
 
 def self_cpu_s() -> float:
@@ -271,11 +287,16 @@ def litellm_command(venv: Path, *, install: bool) -> tuple[list[str] | None, str
         if made.returncode != 0:
             return None, "", f"could not create {venv}: {made.stderr.strip()[-500:]}"
         start = time.perf_counter()
-        pip = _run([str(py), "-m", "pip", "install", "--quiet", "litellm[proxy]"], 900)
+        pip = _run([str(py), "-m", "pip", "install", "--quiet", "--timeout", "30", "--retries", "2",
+                    "litellm[proxy]", "httptools"], 900)  # fmt: skip
         if pip.returncode != 0 or not exe.exists():
             return None, "", f"pip install litellm[proxy] failed: {pip.stderr.strip()[-800:]}"
         took = time.perf_counter() - start
         how = f"its own virtualenv {venv}, installed from PyPI in {took:.0f}s"
+    if install and _run([str(py), "-c", "import httptools"], 60).returncode != 0:
+        # Without it uvicorn falls back to the pure-Python h11 parser; give LiteLLM
+        # uvicorn's C parser, as the hub has aiohttp's (uvloop comes with litellm[proxy]).
+        _run([str(py), "-m", "pip", "install", "--quiet", "--timeout", "30", "httptools"], 300)
     version = _run([str(py), probe[1], probe[2]], 60).stdout.strip()
     return [str(exe)], version, how
 
@@ -340,8 +361,9 @@ async def complete(session: aiohttp.ClientSession, target: Target, body: bytes) 
     return elapsed
 
 
-async def stream_ttft(session: aiohttp.ClientSession, target: Target,
-                      body: bytes) -> tuple[float, float]:
+async def stream_ttft(
+    session: aiohttp.ClientSession, target: Target, body: bytes
+) -> tuple[float, float]:
     """``(seconds to the first SSE event, seconds to [DONE])`` of one streamed completion."""
     start = time.perf_counter()
     first = 0.0
@@ -432,6 +454,9 @@ async def closed_loop(
     await asyncio.gather(marks(), *(worker() for _ in range(concurrency)))
     used = {k: round(cpu_marks["close"][k] - cpu_marks["open"].get(k, 0.0), 3)
             for k in cpu_marks["close"]}  # fmt: skip
+    if "machine_busy" in used:  # what is left of the machine's busy time is someone else's
+        busy = used.pop("machine_busy")
+        used["other_processes"] = round(max(busy - sum(used.values()), 0.0), 3)
     return LoopResult(
         target=target.name, concurrency=concurrency, window_s=window_s,
         completed=len(latencies), errors=len(errors), first_error=errors[0] if errors else "",
@@ -452,8 +477,9 @@ class StreamStats(msgspec.Struct, kw_only=True):
     max_gap_s: float = 0.0
 
 
-async def held_stream(session: aiohttp.ClientSession, target: Target, body: bytes,
-                      expect_tokens: int) -> StreamStats:
+async def held_stream(
+    session: aiohttp.ClientSession, target: Target, body: bytes, expect_tokens: int
+) -> StreamStats:
     """One long stream, read event by event: its tokens, [DONE], and the largest gap."""
     stats = StreamStats()
     last = 0.0
@@ -490,8 +516,15 @@ async def held_stream(session: aiohttp.ClientSession, target: Target, body: byte
     return stats
 
 
-async def many_streams(session: aiohttp.ClientSession, target: Target, body: bytes, *,
-                       count: int, expect_tokens: int, ramp_s: float) -> list[StreamStats]:
+async def many_streams(
+    session: aiohttp.ClientSession,
+    target: Target,
+    body: bytes,
+    *,
+    count: int,
+    expect_tokens: int,
+    ramp_s: float,
+) -> list[StreamStats]:
     """``count`` streams opened evenly over ``ramp_s`` seconds and read to the end."""
     batches = max(1, int(ramp_s / 0.05))
     per = -(-count // batches)
@@ -536,3 +569,100 @@ def percentiles_ms(values: Sequence[float]) -> dict[str, float]:
         "mean": round(statistics.fmean(values) * 1e3, 4),
         "n": len(values),
     }
+
+
+# --- profiling (optional) ------------------------------------------------------------------
+
+
+def py_spy(venv: Path) -> Path | None:
+    """py-spy on PATH, beside this interpreter, or in ``venv`` (installed there from PyPI)."""
+    import shutil
+
+    for candidate in (shutil.which("py-spy"), Path(sys.executable).parent / "py-spy",
+                      venv / "bin" / "py-spy"):  # fmt: skip
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    if _run([sys.executable, "-m", "venv", str(venv)], 300).returncode != 0:
+        return None
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "py-spy"], 600)
+    exe = venv / "bin" / "py-spy"
+    return exe if exe.exists() else None
+
+
+class Profiler:
+    """``py-spy record`` attached to some processes for the length of a ``with`` block.
+
+    Samples go to ``<out>/<label>-<process>.txt`` as collapsed stacks (flamegraph
+    input) and are summarised by :func:`hot_spots`. ``--nonblocking`` keeps py-spy
+    from pausing the process it samples, so the timings move less.
+    """
+
+    def __init__(self, exe: Path, out: Path, *, rate: int = 500, mode: str = "nonblocking") -> None:
+        self.exe, self.out, self.rate = exe, out, rate
+        #: ``nonblocking`` (the default), ``blocking`` (exact stacks, pauses the process)
+        #: or ``native`` (blocking, with C frames: uvloop, syscalls, msgspec).
+        self.flags = {"nonblocking": ["--nonblocking"], "blocking": [],
+                      "native": ["--native"]}[mode]  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def record(self, label: str, procs: Sequence[Proc]) -> Any:
+        running: list[tuple[subprocess.Popen[bytes], Path]] = []
+        for proc in procs:
+            path = self.out / f"{label}-{proc.name}.txt"
+            argv = [str(self.exe), "record", "--pid", str(proc.pid), "--rate", str(self.rate),
+                    "--format", "raw", *self.flags, "-o", str(path)]  # fmt: skip
+            running.append((subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL), path))  # fmt: skip
+        time.sleep(0.5)  # let py-spy attach
+        try:
+            yield
+        finally:
+            for spy, _ in running:
+                with contextlib.suppress(ProcessLookupError):
+                    spy.send_signal(signal.SIGINT)
+            for spy, _ in running:
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait(5)
+
+
+def _frame(raw: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (to/file.py)``: one entry per function."""
+    name, _, where = raw.partition(" (")
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(file.split('/')[-2:])})"
+
+
+def hot_spots(path: Path, top: int = 25) -> dict[str, Any]:
+    """The functions that hold the most samples in a collapsed-stack file.
+
+    py-spy leaves out idle samples (a thread waiting in ``epoll``), so shares
+    are of busy time. ``inclusive``: share of samples with the function
+    anywhere on the stack; ``self``: share with it on top.
+    """
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    busy = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";")]
+        busy += count
+        for frame in dict.fromkeys(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+
+    def table(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(frame, round(100.0 * n / max(busy, 1), 1)) for frame, n in ranked]
+
+    return {"busy_samples": busy, "self_pct": table(own), "inclusive_pct": table(inclusive)}

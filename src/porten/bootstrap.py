@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import attrs
@@ -23,7 +24,12 @@ from porten.adapters.data_dir import HubLock
 from porten.adapters.postgres.embedded import EmbeddedPostgres
 from porten.adapters.postgres.event_store import PostgresEventStore
 from porten.config import Settings, redact_url
+from porten.domain.events import NodeDisconnected
+from porten.scheduler.plan import PlannerConfig
 from porten.services.credentials import load_server_secret
+from porten.services.demand import DemandMeter
+from porten.services.loads import LoadCoordinator
+from porten.services.planning import PlannerLoop
 from porten.services.projection import FleetProjection
 from porten.services.writer import BatchingWriter
 
@@ -66,7 +72,7 @@ def describe_database(settings: Settings) -> str:
     return redact_url(settings.database_url)
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Hub:
     """A running hub's long-lived parts."""
 
@@ -75,7 +81,21 @@ class Hub:
     writer: BatchingWriter
     projection: FleetProjection
     gateway: AgentGateway
+    demand: DemandMeter
+    loads: LoadCoordinator
+    planner: PlannerLoop
+    #: (node, model) → requests open there right now; busy models are never evicted.
+    in_flight: Counter[tuple[str, str]]
     server_secret: bytes = attrs.field(repr=False)
+
+    def busy(self) -> dict[tuple[str, str], int]:
+        """A copy of what is busy now."""
+        return busy_of(self.in_flight)
+
+
+def busy_of(in_flight: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The (node, model) pairs with requests open, and how many."""
+    return {k: v for k, v in in_flight.items() if v > 0}
 
 
 @contextlib.asynccontextmanager
@@ -91,6 +111,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
             projection = FleetProjection(store, snapshot_every=settings.snapshot_every)
             await projection.catch_up()
             follower = asyncio.create_task(projection.follow(), name="projection-follow")
+            await _forget_stale_connections(projection, writer)
             secret = load_server_secret(settings.data_dir, settings.secret)
             gateway = AgentGateway(
                 GatewayDeps(
@@ -102,21 +123,57 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                     server_secret=secret,
                 )
             )
-            hub = Hub(
-                settings=settings,
-                store=store,
-                writer=writer,
-                projection=projection,
-                gateway=gateway,
-                server_secret=secret,
+            in_flight: Counter[tuple[str, str]] = Counter()
+
+            def busy() -> dict[tuple[str, str], int]:
+                return busy_of(in_flight)
+
+            config = PlannerConfig(demand_window_s=settings.idle_unload_s)
+            planner = PlannerLoop(
+                store=store, writer=writer, projection=projection, gateway=gateway,
+                config=config, busy=busy, clock=time.time, cadence_s=settings.plan_every_s,
             )
+            demand = DemandMeter(
+                writer, time.time, window_s=settings.demand_window_s, on_flush=planner.wake
+            )
+            loads = LoadCoordinator(
+                store=store, writer=writer, projection=projection, gateway=gateway,
+                config=config, busy=busy, clock=time.time,
+            )
+            hub = Hub(
+                settings=settings, store=store, writer=writer, projection=projection,
+                gateway=gateway, demand=demand, loads=loads, planner=planner,
+                in_flight=in_flight, server_secret=secret,
+            )
+            demand.start()
+            planner.start()
             try:
                 yield hub
             finally:
+                await planner.aclose()
                 await gateway.aclose()
+                await demand.aclose()
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
                 await writer.aclose()
     finally:
         lock.release()
+
+
+async def _forget_stale_connections(projection: FleetProjection, writer: BatchingWriter) -> None:
+    """Nodes the log shows online belong to connections a previous hub held; end them.
+
+    A hub that stopped cleanly recorded every disconnect; one that crashed did
+    not, and its nodes would otherwise look reachable until they reconnect.
+    """
+    now = time.time()
+    stale = [
+        NodeDisconnected(at=now, actor="hub", node_id=n.node_id, session_id=n.session_id,
+                         reason="the hub restarted without seeing this connection close")
+        for n in sorted(projection.state.nodes.values(), key=lambda n: n.node_id)
+        if n.online
+    ]
+    if stale:
+        position = await writer.append(stale)
+        await projection.wait_until(position, timeout=30.0)

@@ -57,6 +57,14 @@ class Settings:
     request_timeout_s: float = 600.0
     #: Largest request body accepted (inline images make chat bodies large).
     max_body_mb: int = 32
+    #: How long a request may wait for a cold model to load before 503 ``model_warming``.
+    warmup_budget_s: float = 300.0
+    #: A model idle this long on a provisionable node is unloaded (its weights stay on disk).
+    idle_unload_s: float = 600.0
+    #: Seconds between planning rounds (demand changes also trigger one).
+    plan_every_s: float = 60.0
+    #: Length of a demand-measurement window.
+    demand_window_s: float = 60.0
     #: HMAC secret for API keys and node credentials (else ``<data_dir>/secret``).
     secret: str | None = attrs.field(default=None, repr=False)
 
@@ -81,6 +89,10 @@ class Settings:
         values["snapshot_every"] = _int(env, "PORTEN_SNAPSHOT_EVERY", 10_000)
         values["request_timeout_s"] = float(_int(env, "PORTEN_REQUEST_TIMEOUT_S", 600))
         values["max_body_mb"] = _int(env, "PORTEN_MAX_BODY_MB", 32)
+        values["warmup_budget_s"] = float(_int(env, "PORTEN_WARMUP_BUDGET_S", 300))
+        values["idle_unload_s"] = float(_int(env, "PORTEN_IDLE_UNLOAD_S", 600))
+        values["plan_every_s"] = float(_int(env, "PORTEN_PLAN_EVERY_S", 60))
+        values["demand_window_s"] = float(_int(env, "PORTEN_DEMAND_WINDOW_S", 60))
         values["secret"] = env.get("PORTEN_SECRET") or None
         for name, value in overrides.items():
             if value is not None:

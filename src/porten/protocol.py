@@ -131,11 +131,16 @@ class AgentLoadFailed(AgentMessage, frozen=True, kw_only=True):
 
 
 class AgentUnloaded(AgentMessage, frozen=True, kw_only=True):
-    """A model left memory (commanded, or the engine process died)."""
+    """A model left memory (commanded, or the engine process died).
+
+    ``commanded`` marks the answer to a :class:`HubUnload`: the hub recorded
+    that decision (with its reason) when it made it, so it does not record it twice.
+    """
 
     model_id: str
     reason: UnloadReason
     detail: str = ""
+    commanded: bool = False
 
 
 AnyAgentMessage = (

@@ -206,3 +206,14 @@ async def test_saving_a_snapshot_twice_replaces_it(store: EventStore) -> None:
     await store.save_snapshot(Snapshot(position=4, schema=1, data=b"old"))
     await store.save_snapshot(Snapshot(position=4, schema=1, data=b"new"))
     assert await store.latest_snapshot(1) == Snapshot(position=4, schema=1, data=b"new")
+
+
+async def test_stream_version_as_of_a_position(store: EventStore) -> None:
+    """stream_version(at=p) is the stream's version counting only events up to position p."""
+    await store.append([connected("n1", "s1")])  # position 1, node-n1 v0
+    await store.append([connected("n2", "s1")])  # position 2, node-n2 v0
+    await store.append([connected("n1", "s2")])  # position 3, node-n1 v1
+    assert await store.stream_version("node-n1", at=0) == NO_STREAM
+    assert await store.stream_version("node-n1", at=2) == 0
+    assert await store.stream_version("node-n1", at=3) == 1
+    assert await store.stream_version("node-n1") == 1

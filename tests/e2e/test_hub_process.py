@@ -8,10 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import urllib.request
 
 import msgspec
 import pytest

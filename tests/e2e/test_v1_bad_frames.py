@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from v1_harness import CHAT, LOCAL, Porten, plan_for, user
+from v1_harness import CHAT, LOCAL, Porten, eventually, plan_for, user
 
 from porten.domain import events as ev
 from porten.protocol import (
@@ -74,7 +74,8 @@ async def assert_still_serving(porten: Porten, requests: int = 5) -> None:
         messages = user(f"still there? {i}")
         raw = await client.chat.completions.with_raw_response.create(model=CHAT, messages=messages)
         assert raw.headers["X-Porten-Node"] == LOCAL
-        assert raw.parse().choices[0].message.content == plan_for(CHAT, {"messages": messages}).content
+        expected = plan_for(CHAT, {"messages": messages}).content
+        assert raw.parse().choices[0].message.content == expected
 
 
 async def disconnect_reason(porten: Porten) -> str:
@@ -87,9 +88,7 @@ async def disconnect_reason(porten: Porten) -> str:
                     if isinstance(r.event, ev.NodeDisconnected) and r.event.node_id == ROGUE]
         return bool(found)
 
-    async with asyncio.timeout(10.0):
-        while not await recorded():
-            await asyncio.sleep(0.01)
+    await eventually(recorded, what="the rogue's disconnect is recorded")
     [event] = found
     return event.reason
 
@@ -117,12 +116,10 @@ async def test_text_frame_drops_only_that_node(porten: Porten) -> None:
 
 
 async def test_oversized_frame_drops_only_that_node(porten: Porten) -> None:
-    """A frame over the 16 MiB limit is refused from its header; the hub keeps serving.
-
-    The hub closes as soon as the frame's declared length is over the limit, so
-    the rogue's own send may fail part-way (the socket is reset under it).
-    """
+    """A frame over the 16 MiB limit drops the rogue from its header on; the hub keeps serving."""
     async with rogue_session(porten) as ws:
+        # The hub closes once the declared length is over the limit, so the rogue's own
+        # send may fail part-way (the socket is reset under it).
         with contextlib.suppress(ConnectionError):
             await ws.send_bytes(b"\x00" * (MAX_FRAME_BYTES + 1))
     await porten.until_gone(ROGUE)

@@ -47,10 +47,10 @@ REASONING = "deepseek-r1-distill-qwen-14b"  # chat, json, reasoning (no tools)
 VISION = "qwen2.5-vl-7b-instruct"  # chat, json, vision
 EMBEDDING = "nomic-embed-text"  # 768 dimensions
 PRELOADED = (CHAT, REASONING, VISION, EMBEDDING)
-#: Offered by the catalog and served by no node unless a test starts one for it.
+#: Offered by the catalog and preloaded nowhere: tests start their own nodes for it.
 SPARE = "llama3.2-3b-instruct"
-#: Offered by the catalog and never served in these tests.
-UNSERVED = "qwen2.5-14b-instruct"
+#: Offered by the catalog, and too big (52 GB) for the local node to serve or load on demand.
+BIG = "qwen3-coder-next"
 LOCAL = "local"
 
 #: As fast as the loop goes: whole answers in a few milliseconds.
@@ -74,11 +74,12 @@ def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-def long_prompt(model_id: str, profile: SimProfile, *, min_tokens: int) -> str:
-    """A prompt whose answer has at least ``min_tokens`` content tokens."""
+def long_prompt(model: str | SimModel, profile: SimProfile, *, min_tokens: int) -> str:
+    """A prompt whose answer (by ``model``, a catalog id or a sim model) has ``min_tokens``+."""
+    sim = sim_model(model) if isinstance(model, str) else model
     for i in range(1000):
         text = f"please explain topic {i} in detail"
-        if len(plan_for(model_id, {"messages": user(text)}, profile).content_tokens) >= min_tokens:
+        if len(plan_chat(sim, {"messages": user(text)}, profile).content_tokens) >= min_tokens:
             return text
     raise AssertionError("no long enough answer in 1000 prompts")
 
@@ -186,20 +187,36 @@ class Porten:
             stats: dict[str, int] = await resp.json()
             return stats
 
+    async def _served_now(self) -> list[ev.RequestServed]:
+        await self.hub.writer.flush()
+        records = await self.hub.store.read_filtered(types=["request_served"], limit=100_000)
+        return [r.event for r in records if isinstance(r.event, ev.RequestServed)]
+
     async def served(self, count: int, *, within: float = 10.0) -> list[ev.RequestServed]:
         """The ``request_served`` events, once there are ``count`` of them (never more)."""
         found: list[ev.RequestServed] = []
 
         async def enough() -> bool:
             nonlocal found
-            await self.hub.writer.flush()
-            records = await self.hub.store.read_filtered(types=["request_served"], limit=100_000)
-            found = [r.event for r in records if isinstance(r.event, ev.RequestServed)]
+            found = await self._served_now()
             return len(found) >= count
 
         await eventually(enough, within=within, what=f"{count} request_served events")
         assert len(found) == count, [e.request_id for e in found]
         return found
+
+    async def served_once(self, request_id: str, *, within: float = 10.0) -> ev.RequestServed:
+        """The one ``request_served`` event of ``request_id``, once it is in the log."""
+        found: list[ev.RequestServed] = []
+
+        async def recorded() -> bool:
+            nonlocal found
+            found = [e for e in await self._served_now() if e.request_id == request_id]
+            return bool(found)
+
+        await eventually(recorded, within=within, what=f"request_served for {request_id}")
+        [event] = found
+        return event
 
     async def enrol(self, node_id: str) -> str:
         """Enrol another node of the local owner; its fresh credential."""
@@ -214,15 +231,18 @@ class Porten:
         assert await self.hub.projection.wait_until(position, 10.0)
         return credential
 
+    def serves(self, node_id: str, model_id: str) -> bool:
+        """Whether ``node_id`` has a live link and serves ``model_id`` now."""
+        serving = nodes_serving(self.hub.projection.state, model_id)
+        live = self.hub.gateway.link(node_id) is not None
+        return live and any(n.node_id == node_id for n in serving)
+
     async def until_serving(self, node_id: str, model_id: str, *, within: float = 30.0) -> None:
         """Wait until ``node_id`` has a live link and serves ``model_id``."""
-
-        def ready() -> bool:
-            serving = nodes_serving(self.hub.projection.state, model_id)
-            live = self.hub.gateway.link(node_id) is not None
-            return live and any(n.node_id == node_id for n in serving)
-
-        await eventually(ready, within=within, what=f"{node_id} serving {model_id}")
+        await eventually(
+            lambda: self.serves(node_id, model_id), within=within,
+            what=f"{node_id} serving {model_id}",
+        )
 
     async def until_gone(self, node_id: str, *, within: float = 10.0) -> None:
         """Wait until the hub holds no link to ``node_id`` and the log says it is offline."""
@@ -234,7 +254,9 @@ class Porten:
         await eventually(gone, within=within, what=f"{node_id} disconnected")
 
     @contextlib.asynccontextmanager
-    async def node(self, node_id: str, engine: Engine, models: Sequence[str]) -> AsyncIterator[Agent]:
+    async def node(
+        self, node_id: str, engine: Engine, models: Sequence[str]
+    ) -> AsyncIterator[Agent]:
         """Another node (an in-process agent driving ``engine``) serving ``models``."""
         credential = await self.enrol(node_id)
         agent = Agent(AgentSettings(hub_url=self.url, credential=credential), engine)

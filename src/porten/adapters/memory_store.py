@@ -97,9 +97,12 @@ class InMemoryEventStore:
         """All events of one stream in version order."""
         return list(self._streams.get(stream, ()))
 
-    async def stream_version(self, stream: str) -> int:
-        """The stream's current version, or :data:`NO_STREAM`."""
-        return self._version(stream)
+    async def stream_version(self, stream: str, at: int | None = None) -> int:
+        """The stream's version (as of log position ``at``, if given), or :data:`NO_STREAM`."""
+        if at is None:
+            return self._version(stream)
+        seen = [r.version for r in self._streams.get(stream, ()) if r.position <= at]
+        return seen[-1] if seen else NO_STREAM
 
     async def head(self) -> int:
         """The position of the newest event (0 for an empty log)."""

@@ -68,6 +68,7 @@ class Session:
         self._log = log
         self._streams: dict[str, Stream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unloads: set[asyncio.Task[None]] = set()  # commanded, not yet finished
         self._outbox: asyncio.Queue[AgentMessage] = asyncio.Queue()
 
     @property
@@ -114,9 +115,12 @@ class Session:
             case HubCancel(request_id=rid):
                 self._cancel_stream(rid)
             case HubLoad():
-                self._spawn(self._load(command))
+                # A load waits for the unloads commanded before it: they make its room.
+                self._spawn(self._load_after(tuple(self._unloads), command))
             case HubUnload():
-                self._spawn(self._unload(command))
+                task = self._spawn(self._unload(command))
+                self._unloads.add(task)
+                task.add_done_callback(self._unloads.discard)
             case HubWelcome():
                 self._log.warning("ignoring a second welcome from the hub")
 
@@ -164,6 +168,13 @@ class Session:
 
     # --- loads --------------------------------------------------------------------------
 
+    async def _load_after(
+        self, unloads: tuple[asyncio.Task[None], ...], command: HubLoad
+    ) -> None:
+        if unloads:
+            await asyncio.gather(*unloads, return_exceptions=True)
+        await self._load(command)
+
     async def _load(self, command: HubLoad) -> None:
         load_id, model_id = command.load_id, command.model.id
         log = self._log.bind(load_id=load_id, model=model_id)
@@ -202,7 +213,9 @@ class Session:
             log.warning("model unload refused", error=str(exc))
         else:
             log.info("model unloaded")
-            self._post(AgentUnloaded(model_id=command.model_id, reason=command.reason))
+            self._post(
+                AgentUnloaded(model_id=command.model_id, reason=command.reason, commanded=True)
+            )
         await self._report_inventory()
 
     async def _report_inventory(self) -> None:

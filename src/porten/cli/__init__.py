@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from porten import __version__
-from porten.cli import agent, events, hub
+from porten.cli import admin, agent, events, hub, sim
 from porten.cli._common import CommandError
 
 
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.register(sub)
     events.register(sub)
     agent.register(sub)
+    sim.register(sub)
+    admin.register(sub)
     return parser
 
 

@@ -66,7 +66,10 @@ async def _until_serving(hub: Hub, models: Sequence[str], agent: asyncio.Task[No
     deadline = loop.time() + READY_TIMEOUT_S
     while True:
         state = hub.projection.state
-        if all(any(n.node_id == LOCAL_NODE for n in nodes_serving(state, m)) for m in models):
+        linked = hub.gateway.link(LOCAL_NODE) is not None
+        if linked and all(
+            any(n.node_id == LOCAL_NODE for n in nodes_serving(state, m)) for m in models
+        ):
             return
         if agent.done():
             agent.result()  # raises why the agent could not start
@@ -74,4 +77,4 @@ async def _until_serving(hub: Hub, models: Sequence[str], agent: asyncio.Task[No
         if loop.time() > deadline:
             raise CommandError(f"the local node was not ready within {READY_TIMEOUT_S:.0f}s")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hub.projection.changed(), timeout=1.0)
+            await asyncio.wait_for(hub.projection.changed(), timeout=0.2)

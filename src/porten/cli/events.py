@@ -30,6 +30,7 @@ from porten.cli._common import (
     settings_from,
 )
 from porten.domain.codec import decode_event
+from porten.domain.events import LoadFailed, LoadRequested, ModelLoaded, ModelUnloaded
 from porten.domain.ports import RecordedEvent
 from porten.domain.state import FleetState, vram_used_mb
 from porten.services.projection import state_at
@@ -70,6 +71,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = esub.add_parser("export", parents=parents, help="write the log as replayable JSONL")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     export.set_defaults(func=cmd_export)
+
+    explain = esub.add_parser("explain", parents=parents,
+                              help="why each load and unload happened, from the log's reasons")
+    target = explain.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="every load/unload of this model")
+    target.add_argument("--node", help="every load/unload on this node")
+    explain.add_argument("--since", type=parse_time, help="only from TIME on")
+    explain.set_defaults(func=cmd_explain)
 
     imp = esub.add_parser("import", parents=parents, help="append the events of an export file")
     imp.add_argument("file", type=Path, help="a file written by `porten events export`")
@@ -222,6 +231,61 @@ def _summary(state: FleetState) -> str:
     active = sum(1 for k in state.keys.values() if k.active)
     lines.append(f"keys: {active} active, {len(state.keys) - active} revoked")
     return "\n".join(lines) + "\n"
+
+
+_PLACEMENT_TYPES = ["load_requested", "model_loaded", "load_failed", "model_unloaded"]
+
+
+def _why(e: Any) -> str:
+    match e:
+        case LoadRequested():
+            return f"load requested: {e.reason}"
+        case ModelLoaded():
+            return "loaded and serving"
+        case LoadFailed():
+            return f"load failed: {e.error}"
+        case ModelUnloaded():
+            why = f"unloaded ({e.reason})"
+            if e.evicted_for:
+                why += f" to make room for {e.evicted_for}"
+            return why + (f": {e.detail}" if e.detail else "")
+    return ""
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print the placement history of a model or a node with the reasons recorded."""
+    settings = settings_from(args)
+
+    async def go() -> list[RecordedEvent]:
+        found: list[RecordedEvent] = []
+        async with open_event_store(settings) as store:
+            after = 0
+            streams = [f"node-{args.node}"] if args.node else None
+            while batch := await store.read_filtered(
+                after=after, limit=PAGE, streams=streams, types=_PLACEMENT_TYPES,
+                since=args.since,
+            ):
+                found += [r for r in batch
+                          if args.model is None or getattr(r.event, "model_id", "") == args.model]
+                after = batch[-1].position
+        return found
+
+    records = run(go())
+    if args.json:
+        print_jsonl({"position": r.position, "at": r.event.at, "actor": r.event.actor,
+                     "node_id": getattr(r.event, "node_id", ""),
+                     "model_id": getattr(r.event, "model_id", ""), "why": _why(r.event)}
+                    for r in records)
+        return 0
+    for r in records:
+        e = r.event
+        sys.stdout.write(
+            f"{_iso(e.at)}  {getattr(e, 'node_id', ''):<16} {getattr(e, 'model_id', ''):<30} "
+            f"{_why(e)}  [{e.actor}]\n"
+        )
+    if not records:
+        sys.stderr.write("no loads or unloads recorded for that\n")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

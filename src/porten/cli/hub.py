@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from porten.adapters.http.app import HUB, create_app
+from porten.adapters.http.app import HUB, RELAY, create_app
 from porten.bootstrap import Hub, describe_database
 from porten.cli._common import data_options, run, settings_from
 from porten.config import Settings
@@ -67,12 +67,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long shutdown waits for requests in flight to finish.
+DRAIN_TIMEOUT_S = 30.0
+
+
 @contextlib.asynccontextmanager
 async def listening(settings: Settings) -> AsyncIterator[tuple[Hub, str]]:
-    """The hub app started and bound; yields the hub and its base URL."""
+    """The hub app started and bound; yields the hub and its base URL.
+
+    On exit it drains first (see :func:`drain`), then stops the hub's parts.
+    """
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=30.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT_S)
     await runner.setup()  # opens the database, the event log and the projection
+    _RUNNERS[app[HUB]] = runner
     try:
         await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
         port = next(
@@ -81,7 +89,30 @@ async def listening(settings: Settings) -> AsyncIterator[tuple[Hub, str]]:
         )
         yield app[HUB], f"http://{settings.host}:{port}"
     finally:
-        await runner.cleanup()  # drains in-flight streams, closes agent links, flushes events
+        await drain(app[HUB])
+        del _RUNNERS[app[HUB]]
+        await runner.cleanup()  # closes agent links, flushes events, stops Postgres
+
+
+_RUNNERS: dict[Hub, web.AppRunner] = {}
+
+
+async def drain(hub: Hub) -> None:
+    """Stop accepting connections, then let requests in flight finish (bounded).
+
+    This must come before aiohttp's own shutdown, which stops reading from
+    open connections — the agents' included — and would cut every stream.
+    """
+    runner = _RUNNERS.get(hub)
+    if runner is None:
+        return
+    for site in list(runner.sites):
+        await site.stop()
+    relay = runner.app[RELAY]
+    if relay.active:
+        log.info("draining requests in flight", requests=relay.active)
+        if not await relay.drain(DRAIN_TIMEOUT_S):
+            log.warning("requests still in flight after the drain timeout", requests=relay.active)
 
 
 async def serve(settings: Settings, *, local_node: bool = False) -> None:
@@ -113,6 +144,7 @@ async def serve(settings: Settings, *, local_node: bool = False) -> None:
             sys.stdout.flush()
             await stop.wait()
             log.info("porten up stopping")
+            await drain(hub)  # before the local node goes: it serves those requests
 
 
 @contextlib.asynccontextmanager

@@ -104,8 +104,13 @@ class EventStore(Protocol):
         """All events of one stream in version order."""
         ...
 
-    async def stream_version(self, stream: str) -> int:
-        """The stream's current version, or :data:`NO_STREAM`."""
+    async def stream_version(self, stream: str, at: int | None = None) -> int:
+        """The stream's version (as of log position ``at``, if given), or :data:`NO_STREAM`.
+
+        A decision made on the state folded up to position ``p`` is appended with
+        ``expected={stream: await stream_version(stream, at=p)}``: if the node's
+        stream moved since, the append conflicts and the decision is made again.
+        """
         ...
 
     async def head(self) -> int:

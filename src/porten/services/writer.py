@@ -68,15 +68,18 @@ class BatchingWriter:
         store: EventStore,
         *,
         max_batch: int = 1000,
+        linger_s: float = 0.01,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
     ) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._queue: deque[_Pending] = deque()
         self._queued = asyncio.Event()
+        self._urgent = asyncio.Event()  # an awaited append, or shutdown: stop lingering
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -137,6 +140,7 @@ class BatchingWriter:
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (or refused)."""
         target = self._enqueued
+        self._urgent.set()  # someone is waiting now: do not linger
         while self._finished < target:
             if self._dead():
                 raise WriterClosed("the writer stopped before its queue was written")
@@ -153,6 +157,7 @@ class BatchingWriter:
             return
         self._closing = True
         self._queued.set()
+        self._urgent.set()
         task = self._task
         finished, _ = await asyncio.wait({task}, timeout=give_up_after)
         self._task = None
@@ -172,6 +177,8 @@ class BatchingWriter:
         self._enqueued += 1
         self._queue.append(_Pending(request, done, self._enqueued))
         self._queued.set()
+        if done is not None:
+            self._urgent.set()
 
     def _dead(self) -> bool:
         return self._task is None or self._task.done()
@@ -183,6 +190,7 @@ class BatchingWriter:
                     self._queued.clear()
                     await self._queued.wait()
                     continue
+                await self._linger()
                 batch = self._take()
                 results = await self._commit(batch)
                 for _ in batch:
@@ -192,6 +200,24 @@ class BatchingWriter:
                 self._advance()
         finally:
             self._advance()  # flush() waiters re-check, and see a writer that stopped
+
+    async def _linger(self) -> None:
+        """Give fire-and-forget events a moment to gather into one transaction.
+
+        At low load every ``request_served`` would otherwise be a transaction of
+        its own (and a read-back by every follower). Nobody waits on submitted
+        events, so a few milliseconds cost nothing; an awaited append in the
+        queue, a full batch, or shutdown ends the wait at once.
+        """
+        if self._linger_s <= 0 or self._closing:
+            return
+        if any(p.done is not None for p in self._queue):
+            return
+        if sum(len(p.request.events) for p in self._queue) >= self._max_batch:
+            return
+        self._urgent.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._urgent.wait(), timeout=self._linger_s)
 
     def _advance(self) -> None:
         """Wake every :meth:`flush` waiting on the current progress event."""

@@ -231,6 +231,8 @@ class Observations:
             case AgentLoadProgress():
                 if self._throttle.admit(message, self._loop.time()):
                     self._submit([load_event(node_id, message, at=self._clock())])
+            case AgentUnloaded(commanded=True):
+                pass  # the hub recorded its own decision, with its reason, when it made it
             case AgentLoadDone() | AgentLoadFailed() | AgentUnloaded():
                 if not isinstance(message, AgentUnloaded):
                     self._throttle.forget(message.load_id)

@@ -292,11 +292,13 @@ def node_error(message: str | None = None) -> ApiError:
     )
 
 
-def no_available_node(model: str, retry_after_s: float) -> ApiError:
-    """A 503 for an offered model with no free, healthy node right now."""
+def no_available_node(model: str, retry_after_s: float, reason: str | None = None) -> ApiError:
+    """A 503 for an offered model with no free, healthy node right now (fail-closed)."""
+    why = f" ({reason})" if reason else ""
     return ApiError(
         503,
-        f"No node can serve the model '{model}' right now. Retry after the Retry-After delay.",
+        f"No node can serve the model '{model}' right now{why}. "
+        "Retry after the Retry-After delay.",
         error_type=SERVICE_UNAVAILABLE,
         code="no_available_node",
         retry_after=retry_after_seconds(retry_after_s),

@@ -12,8 +12,10 @@ submitted to the group-committing writer off the response path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal
 
 import attrs
@@ -36,6 +38,8 @@ from porten.domain.state import FleetState
 from porten.protocol import AgentResponseStart, HubRequest
 from porten.scheduler.eligibility import Requester
 from porten.scheduler.routing import NodeLoad, candidates
+from porten.services.demand import DemandMeter
+from porten.services.loads import LoadsFailed, ModelNotOffered, ModelWarming, NoCompliantNode
 from porten.services.writer import BatchingWriter
 
 log = structlog.get_logger(__name__)
@@ -60,6 +64,8 @@ class Job:
     prompt_estimate: int
     affinity: str | None
     deadline: float  # loop time
+    #: How long this request may wait for a cold model to load before a 503 model_warming.
+    warmup_budget_s: float = 300.0
 
 
 @attrs.define
@@ -85,6 +91,10 @@ class _PumpState:
     first: float = 0.0
 
 
+#: Gets a cold model ready for a requester within a budget (the load coordinator).
+Warm = Callable[[str, Requester, float], Awaitable[None]]
+
+
 @attrs.define
 class Relay:
     """Sends jobs to nodes through the gateway, and meters them."""
@@ -93,6 +103,34 @@ class Relay:
     state: Callable[[], FleetState]
     writer: BatchingWriter
     clock: Callable[[], float]
+    warm: Warm
+    demand: DemandMeter
+    #: (node, model) → requests open there; the planner never evicts a busy model.
+    in_flight: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    #: Requests being relayed (from open to metered), for a graceful drain.
+    active: int = 0
+    _idle: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a shutdown deadline)
+        """Wait until no request is being relayed (True), or ``timeout`` passes (False)."""
+        if self.active == 0:
+            return True
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
 
     def loads(self) -> dict[str, NodeLoad]:
         """The router's view of load: only nodes with a live link."""
@@ -106,6 +144,7 @@ class Relay:
         """The first node (best ranked) that starts answering; retries before any byte."""
         tried: set[str] = set()
         loop = asyncio.get_running_loop()
+        warmed = False
         while True:
             ranked = candidates(
                 self.state(), job.model_id, job.requester, self.loads(),
@@ -113,11 +152,17 @@ class Relay:
             )
             if not ranked:
                 if tried:
+                    self.demand.unmet(job.model_id)
                     raise errors.node_error(
                         f"every node that could serve {job.model_id} failed "
                         f"({len(tried)} tried); try again"
                     )
-                raise errors.no_available_node(job.model_id, NO_NODE_RETRY_AFTER_S)
+                if warmed:
+                    self.demand.unmet(job.model_id)
+                    raise errors.no_available_node(job.model_id, NO_NODE_RETRY_AFTER_S)
+                await self._warm(job, loop.time())
+                warmed = True
+                continue
             node_id = ranked[0].node_id
             tried.add(node_id)
             link = self.gateway.link(node_id)
@@ -126,6 +171,26 @@ class Relay:
             opened = await self._try(link, job, loop.time())
             if opened is not None:
                 return opened
+
+    async def _warm(self, job: Job, now: float) -> None:
+        """Load the model on demand (shared with concurrent requests), within the budget."""
+        budget = min(job.warmup_budget_s, job.deadline - now)
+        try:
+            await self.warm(job.model_id, job.requester, budget)
+        except NoCompliantNode as exc:
+            self.demand.unmet(job.model_id)
+            raise errors.no_available_node(job.model_id, NO_NODE_RETRY_AFTER_S, exc.reason) \
+                from None
+        except ModelWarming as exc:
+            self.demand.unmet(job.model_id)
+            raise errors.model_warming(job.model_id, exc.retry_after_s) from None
+        except ModelNotOffered:  # withdrawn while it waited: what a new request gets
+            raise errors.model_not_found(job.model_id) from None
+        except LoadsFailed as exc:
+            self.demand.unmet(job.model_id)
+            raise errors.node_error(
+                f"{job.model_id} could not be loaded: {'; '.join(exc.errors) or 'loads failed'}"
+            ) from None
 
     async def _try(self, link: NodeLink, job: Job, now: float) -> Opened | None:
         remaining = job.deadline - now
@@ -141,7 +206,11 @@ class Relay:
         try:
             start = await exchange.start(timeout=remaining)
         except TimeoutError:
-            await _leave(exchange)
+            await _leave(exchange)  # cancels it on the node, which may have worked on it
+            self.in_flight[(link.node_id, job.model_id)] += 1  # balanced by meter()
+            elapsed = time.perf_counter() - started
+            self.meter(job, link.node_id, Usage(job.prompt_estimate, 0, job.prompt_estimate),
+                       ttft_s=elapsed, duration_s=elapsed, outcome="timeout")
             raise errors.gateway_timeout() from None
         except (NodeGone, EngineFailed) as exc:
             await _leave(exchange)
@@ -155,6 +224,8 @@ class Relay:
             log.warning("engine error before answering", node_id=link.node_id,
                         status=start.status)
             return None
+        self.in_flight[(link.node_id, job.model_id)] += 1
+        self.demand.served(job.model_id)
         return Opened(node_id=link.node_id, exchange=exchange, start=start, started_at=started)
 
     def meter(self, job: Job, node_id: str, usage: Usage, *, ttft_s: float, duration_s: float,
@@ -164,6 +235,10 @@ class Relay:
         The event opens the stream ``request-<id>``, so a retry of a commit that
         did go through conflicts rather than billing twice.
         """
+        key = (node_id, job.model_id)
+        self.in_flight[key] -= 1
+        if self.in_flight[key] <= 0:
+            del self.in_flight[key]
         self.writer.submit([
             RequestServed(
                 at=self.clock(), actor="hub", correlation_id=job.request_id,
@@ -178,6 +253,10 @@ class Relay:
 
     async def complete(self, job: Job) -> web.Response:
         """Send ``job`` and answer with the node's whole response."""
+        with self._tracked():
+            return await self._complete(job)
+
+    async def _complete(self, job: Job) -> web.Response:
         opened = await self.open(job)
         with structlog.contextvars.bound_contextvars(node_id=opened.node_id):
             body, outcome = await self._collect(job, opened)
@@ -219,6 +298,10 @@ class Relay:
 
     async def stream(self, request: web.Request, job: Job) -> web.StreamResponse:
         """Send ``job`` and relay its SSE events to the client as they complete."""
+        with self._tracked():
+            return await self._stream(request, job)
+
+    async def _stream(self, request: web.Request, job: Job) -> web.StreamResponse:
         opened = await self.open(job)
         with structlog.contextvars.bound_contextvars(node_id=opened.node_id):
             if opened.start.status != 200:  # an engine's 4xx: pass its error through as-is
@@ -285,8 +368,5 @@ class Relay:
 
     @staticmethod
     async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-        try:
-            await response.write(data)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof(data)  # one write: the tail and the end of the body

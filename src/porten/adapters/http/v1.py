@@ -84,6 +84,7 @@ def _job(
         prompt_estimate=estimate_tokens(prompt_bytes),
         affinity=affinity,
         deadline=asyncio.get_running_loop().time() + hub.settings.request_timeout_s,
+        warmup_budget_s=hub.settings.warmup_budget_s,
     )
 
 

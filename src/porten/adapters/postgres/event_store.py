@@ -296,11 +296,17 @@ class PostgresEventStore:
             rows = await cur.fetchall()
         return [RawEvent(p, s, v, t, r, d.encode()) for p, s, v, t, r, d in rows]
 
-    async def stream_version(self, stream: str) -> int:
-        """The stream's current version, or :data:`NO_STREAM`."""
-        version = await self._scalar(
-            "SELECT max(version) FROM porten_events WHERE stream = %s", (stream,)
-        )
+    async def stream_version(self, stream: str, at: int | None = None) -> int:
+        """The stream's version (as of log position ``at``, if given), or :data:`NO_STREAM`."""
+        if at is None:
+            version = await self._scalar(
+                "SELECT max(version) FROM porten_events WHERE stream = %s", (stream,)
+            )
+        else:
+            version = await self._scalar(
+                "SELECT max(version) FROM porten_events WHERE stream = %s AND position <= %s",
+                (stream, at),
+            )
         return NO_STREAM if version is None else int(version)
 
     async def head(self) -> int:

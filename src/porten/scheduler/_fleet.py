@@ -1,0 +1,345 @@
+"""The placement problem in integers: what each solver sees and what every answer is scored by.
+
+:func:`build_fleet` reduces a :class:`FleetState` to the part the planner may
+change: per provisionable node the room left once the placements it must not
+touch (loads in progress, models serving requests) are counted, and the
+placements it may evict; per model its size, its current replicas and the
+marginal value of each wanted replica. Values and costs are scaled to
+integers (:data:`SCALE` per churn unit) so CP-SAT, first-fit-decreasing and
+the final comparison all compute the very same objective with exact
+arithmetic — there is no float rounding to make two processes disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from porten.domain.state import FleetState, NodeState
+from porten.scheduler import filters as f
+from porten.scheduler.plan import Busy, PlannerConfig
+
+#: Objective units per churn unit (``PlannerConfig.unload_cost`` = 5.0 is 5000).
+SCALE = 1000
+
+Pair = tuple[str, str]
+"""(node id, model id)."""
+
+
+def scaled(x: float) -> int:
+    """``x`` churn units as an integer objective amount."""
+    return round(x * SCALE)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTerm:
+    """One model as the solvers see it."""
+
+    model_id: str
+    vram: int
+    disk: int
+    rate: float
+    #: Scaled marginal value of the 1st … ``desired``-th replica (empty: no demand, never loaded).
+    values: tuple[int, ...]
+    #: Replicas now: placements in any phase on online nodes, evictable or not.
+    replicas: int
+
+    @property
+    def desired(self) -> int:
+        """Replicas the demand wants."""
+        return len(self.values)
+
+    def value_of(self, count: int) -> int:
+        """Scaled value of holding ``count`` replicas."""
+        return sum(self.values[: max(0, count)])
+
+    def marginal(self, count: int) -> int:
+        """Scaled value the ``count``-th replica adds (0 beyond what is wanted)."""
+        return self.values[count - 1] if 0 < count <= len(self.values) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTerm:
+    """One provisionable node: its budgets, the room the planner controls, what it holds."""
+
+    node_id: str
+    vram_budget: int
+    disk_budget: int
+    #: Room for evictable and new placements: the budget less what must stay (never negative).
+    vram_room: int
+    disk_room: int
+    #: Ready placements with no request in flight, sorted: the planner may unload these.
+    evictable: tuple[str, ...]
+    #: Every model in memory here, any phase: never loaded a second time.
+    present: frozenset[str]
+    on_disk: frozenset[str]
+    #: Models in back-off after failed loads here.
+    blocked: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """A candidate answer: which evictable placements go and which loads happen."""
+
+    unloads: frozenset[Pair] = frozenset()
+    loads: frozenset[Pair] = frozenset()
+
+    @property
+    def size(self) -> int:
+        """How many decisions it takes."""
+        return len(self.unloads) + len(self.loads)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The whole placement problem; nodes sorted by id, models keyed by id."""
+
+    nodes: tuple[NodeTerm, ...]
+    models: Mapping[str, ModelTerm]
+    unload_cost: int
+    load_cost_on_disk: int
+    load_cost_download: int
+
+    def load_cost(self, node: NodeTerm, model_id: str) -> int:
+        """Loading from local disk is cheaper than downloading first."""
+        return self.load_cost_on_disk if model_id in node.on_disk else self.load_cost_download
+
+    def may_load(self, node: NodeTerm, m: ModelTerm) -> bool:
+        """Whether a load of ``m`` on ``node`` is allowed and could ever fit the room."""
+        return (
+            bool(m.values)
+            and m.model_id not in node.present
+            and m.model_id not in node.blocked
+            and m.vram <= min(node.vram_budget, node.vram_room)
+            and m.disk <= min(node.disk_budget, node.disk_room)
+        )
+
+
+def build_fleet(
+    state: FleetState,
+    now: float,
+    config: PlannerConfig,
+    busy: Busy,
+    gone: Iterable[Pair] = (),
+) -> Fleet:
+    """The placement problem on ``state`` as if the ``gone`` placements were already unloaded."""
+    removed = frozenset(gone)
+    nodes = tuple(
+        _node_term(state, n, now=now, config=config, busy=busy, removed=removed)
+        for n in f.provisionable_nodes(state)
+    )
+    return Fleet(
+        nodes=nodes,
+        models=_model_terms(state, nodes, now=now, config=config, removed=removed),
+        unload_cost=scaled(config.unload_cost),
+        load_cost_on_disk=scaled(config.load_cost_on_disk),
+        load_cost_download=scaled(config.load_cost_download),
+    )
+
+
+def _model_terms(
+    state: FleetState,
+    nodes: tuple[NodeTerm, ...],
+    *,
+    now: float,
+    config: PlannerConfig,
+    removed: frozenset[Pair],
+) -> dict[str, ModelTerm]:
+    """Every offered model and every evictable one, by id: sizes, replicas, replica values."""
+    replicas: Counter[str] = Counter()
+    for n in state.nodes.values():
+        if n.online:
+            replicas.update(m for m in n.placements if (n.node_id, m) not in removed)
+    wanted = sorted({m for m in state.catalog if _offered(state, m)} | _evictable_models(nodes))
+    rates = {m: f.demand_rate(state, m, now, config) for m in wanted if _offered(state, m)}
+    hosts = _eligible_counts(state, nodes, [m for m, r in rates.items() if r > 0], removed)
+    models: dict[str, ModelTerm] = {}
+    for m in wanted:
+        rate = rates.get(m, 0.0)
+        desired = f.desired_replicas(rate, config, hosts.get(m, 0))
+        c = state.catalog.get(m)
+        models[m] = ModelTerm(
+            model_id=m,
+            vram=c.entry.vram_mb if c is not None else 0,
+            disk=c.entry.disk_mb if c is not None else 0,
+            rate=rate,
+            values=tuple(scaled(v) for v in f.replica_values(rate, desired, config)),
+            replicas=replicas[m],
+        )
+    return models
+
+
+def _offered(state: FleetState, model_id: str) -> bool:
+    c = state.catalog.get(model_id)
+    return c is not None and c.offered
+
+
+def _evictable_models(nodes: Iterable[NodeTerm]) -> set[str]:
+    return {m for n in nodes for m in n.evictable}
+
+
+def _node_term(
+    state: FleetState,
+    node: NodeState,
+    *,
+    now: float,
+    config: PlannerConfig,
+    busy: Busy,
+    removed: frozenset[Pair],
+) -> NodeTerm:
+    present = [m for m in node.placements if (node.node_id, m) not in removed]
+    evictable = tuple(m for m in f.evictable(node, busy) if (node.node_id, m) not in removed)
+    pinned = set(present) - set(evictable)
+    pinned_vram = f.memory_vram_mb(state, node, pinned)
+    pinned_disk = sum(_disk(state, m) for m in pinned)
+    return NodeTerm(
+        node_id=node.node_id,
+        vram_budget=node.vram_budget_mb,
+        disk_budget=node.disk_budget_mb,
+        vram_room=max(0, node.vram_budget_mb - pinned_vram),
+        disk_room=max(0, node.disk_budget_mb - pinned_disk),
+        evictable=evictable,
+        present=frozenset(present),
+        on_disk=node.on_disk,
+        blocked=frozenset(m for m in node.failures if f.in_backoff(node, m, now, config)),
+    )
+
+
+def _disk(state: FleetState, model_id: str) -> int:
+    c = state.catalog.get(model_id)
+    return c.entry.disk_mb if c is not None else 0
+
+
+def _eligible_counts(
+    state: FleetState, nodes: tuple[NodeTerm, ...], models: list[str], removed: frozenset[Pair]
+) -> dict[str, int]:
+    """Per model, the online nodes that hold it or could load it (the replica cap).
+
+    Nodes are grouped by budgets first, so this costs models x budget classes,
+    not models x nodes.
+    """
+    by_budget = Counter((n.vram_budget, n.disk_budget) for n in nodes)
+    planner_ids = {n.node_id for n in nodes}
+    counts: dict[str, int] = {}
+    for m in models:
+        e = state.catalog[m].entry
+        counts[m] = sum(k for (v, d), k in by_budget.items() if e.vram_mb <= v and e.disk_mb <= d)
+    for n in nodes:
+        for m in n.blocked | n.present:
+            if m not in counts:
+                continue
+            e = state.catalog[m].entry
+            fits = e.vram_mb <= n.vram_budget and e.disk_mb <= n.disk_budget
+            if fits and m in n.blocked and m not in n.present:
+                counts[m] -= 1  # it would fit, but loads of it back off here
+            elif not fits and m in n.present:
+                counts[m] += 1  # it holds it although the budget shrank below its size
+    for node in state.nodes.values():  # fixed-set and other nodes serving it count too
+        if node.online and node.node_id not in planner_ids:
+            for m in node.placements:
+                if m in counts and (node.node_id, m) not in removed:
+                    counts[m] += 1
+    return counts
+
+
+# --- composing changes --------------------------------------------------------------------------
+
+
+def compose(first: Changes, then: Changes) -> Changes:
+    """The net changes of ``first`` followed by ``then`` (``then`` planned on the result).
+
+    A placement loaded by ``first`` and unloaded by ``then`` was never needed,
+    and one unloaded by ``first`` and loaded again by ``then`` never left.
+    """
+    return Changes(
+        unloads=(first.unloads - then.loads) | (then.unloads - first.loads),
+        loads=(first.loads - then.unloads) | (then.loads - first.unloads),
+    )
+
+
+def advance(fleet: Fleet, changes: Changes) -> Fleet:
+    """The problem once ``changes`` have completed: what the fold of their events would give.
+
+    New placements are ready and evictable, their weights on disk and their
+    back-off cleared (as ``model_loaded`` does); the room each node must keep
+    free for its pinned placements is unchanged.
+    """
+    gone: dict[str, set[str]] = {}
+    new: dict[str, set[str]] = {}
+    for node_id, m in changes.unloads:
+        gone.setdefault(node_id, set()).add(m)
+    for node_id, m in changes.loads:
+        new.setdefault(node_id, set()).add(m)
+    nodes = tuple(
+        _advance_node(n, gone.get(n.node_id, set()), new.get(n.node_id, set()))
+        if n.node_id in gone or n.node_id in new
+        else n
+        for n in fleet.nodes
+    )
+    counts = counts_after(fleet, changes)
+    models = {m: replace(t, replicas=counts[m]) for m, t in fleet.models.items()}
+    return replace(fleet, nodes=nodes, models=models)
+
+
+def _advance_node(n: NodeTerm, gone: set[str], new: set[str]) -> NodeTerm:
+    return replace(
+        n,
+        evictable=tuple(sorted((set(n.evictable) - gone) | new)),
+        present=(n.present - gone) | new,
+        on_disk=n.on_disk | new,
+        blocked=n.blocked - new,
+    )
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def counts_after(fleet: Fleet, changes: Changes) -> dict[str, int]:
+    """Replicas of every model once ``changes`` are applied."""
+    counts = {m: t.replicas for m, t in fleet.models.items()}
+    for _, m in changes.unloads:
+        counts[m] -= 1
+    for _, m in changes.loads:
+        counts[m] += 1
+    return counts
+
+
+def objective(fleet: Fleet, changes: Changes) -> int:
+    """Scaled value of the demand served after ``changes``, less what the churn costs."""
+    counts = counts_after(fleet, changes)
+    value = sum(t.value_of(counts[m]) for m, t in fleet.models.items())
+    by_id = {n.node_id: n for n in fleet.nodes}
+    load = sum(fleet.load_cost(by_id[n], m) for n, m in changes.loads)
+    return value - fleet.unload_cost * len(changes.unloads) - load
+
+
+def usage(fleet: Fleet, node: NodeTerm, changes: Changes) -> tuple[int, int]:
+    """(VRAM, disk) the evictable and new placements on ``node`` take after ``changes``."""
+    kept = [m for m in node.evictable if (node.node_id, m) not in changes.unloads]
+    new = [m for n, m in changes.loads if n == node.node_id]
+    models = [fleet.models[m] for m in (*kept, *new)]
+    return sum(t.vram for t in models), sum(t.disk for t in models)
+
+
+def feasible(fleet: Fleet, changes: Changes) -> bool:
+    """Whether ``changes`` keep every node within its room and load only where allowed."""
+    by_id = {n.node_id: n for n in fleet.nodes}
+    for n, m in changes.unloads:
+        if n not in by_id or m not in by_id[n].evictable:
+            return False
+    for n, m in changes.loads:
+        if n not in by_id or m not in fleet.models or not fleet.may_load(by_id[n], fleet.models[m]):
+            return False
+    touched = {n for n, _ in changes.loads} | {n.node_id for n in fleet.nodes if _over(fleet, n)}
+    for node_id in sorted(touched):
+        node = by_id[node_id]
+        vram, disk = usage(fleet, node, changes)
+        if vram > node.vram_room or disk > node.disk_room:
+            return False
+    return True
+
+
+def _over(fleet: Fleet, node: NodeTerm) -> bool:
+    vram, disk = usage(fleet, node, Changes())
+    return vram > node.vram_room or disk > node.disk_room

@@ -1,0 +1,418 @@
+"""The scheduling core's promises, over random fleets, catalogs, demand, busy sets and keys.
+
+A scenario is built through the real fold (``FleetBuilder``): up to six nodes of
+mixed budgets (zero included), provisionable or fixed-set, online or not, in
+regions and trust classes, holding random loaded and cached models — even more
+than their budget, as an agent may report after its owner lowers it — with
+loads in flight, failed loads in back-off, demand from none to many replicas'
+worth, idle time, and requests in flight on random placements.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from porten.domain.codec import encode_event
+from porten.domain.state import FleetState, NodeState
+from porten.domain.values import TRUST_ORDER, KeyPolicy
+from porten.scheduler import filters as f
+from porten.scheduler._fleet import SCALE, build_fleet, objective
+from porten.scheduler.apply import apply_plan, apply_urgent
+from porten.scheduler.eligibility import Requester, node_admits
+from porten.scheduler.ffd import first_fit_decreasing
+from porten.scheduler.plan import Busy, Plan, PlannerConfig, Unplaceable, UrgentPlacement
+from porten.scheduler.planner import plan
+from porten.scheduler.testing import FleetBuilder
+from porten.scheduler.urgent import place_urgently
+
+CONFIG = PlannerConfig()
+#: Each example runs the solver once or twice: keep the count moderate. Every sampled
+#: tuple starts with its most common value: Hypothesis favours the first element.
+PLANS = settings(max_examples=80, deadline=None)
+#: Urgent placement is a greedy scan: cheap, so many examples.
+URGENT = settings(max_examples=300, deadline=None)
+
+_VRAM = (24_000, 8_000, 12_000, 16_000, 48_000, 0)
+_DISK = (200_000, 20_000, 8_000, 60_000, 0)
+_MODEL_VRAM = (10_000, 2_000, 4_000, 8_000, 20_000, 30_000, 52_000)
+_RATES = (1.5, 0.0, 0.4, 3.0, 0.002, 9.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fleet, the moment to plan at and what is serving requests."""
+
+    state: FleetState
+    now: float
+    busy: Busy
+    events: tuple[Any, ...]
+
+
+def _mostly(draw: st.DrawFn, label: str) -> bool:
+    """True four times in five (sampled, so it does not shrink towards the rare case)."""
+    return draw(st.sampled_from((True, True, True, True, False)), label=label)
+
+
+def _node(draw: st.DrawFn, b: FleetBuilder, node_id: str, models: list[str], crowded: bool) -> None:
+    vram = draw(st.sampled_from(_VRAM[:-1] if crowded else _VRAM))
+    loaded = sorted(draw(st.sets(st.sampled_from(models), max_size=3)))
+    if crowded or _mostly(draw, "loaded fits"):  # otherwise the owner lowered the budget
+        sizes = {m: b.state.catalog[m].entry.vram_mb for m in loaded}
+        loaded = [m for k, m in enumerate(loaded) if sum(sizes[x] for x in loaded[: k + 1]) <= vram]
+    b.node(
+        node_id,
+        vram_mb=vram,
+        disk_mb=draw(st.sampled_from(_DISK)),
+        provisionable=crowded or _mostly(draw, "provisionable"),
+        online=crowded or _mostly(draw, "online"),
+        loaded=loaded,
+        on_disk=draw(st.sets(st.sampled_from(models), max_size=3)),
+        owner_id=draw(st.sampled_from(("u1", "u2"))),
+        region=draw(st.sampled_from(("", "eu", "us"))),
+        trust_class=draw(st.sampled_from(TRUST_ORDER)),
+    )
+
+
+def _activity(draw: st.DrawFn, b: FleetBuilder, nodes: list[str], models: list[str]) -> None:
+    """Loads in flight, failures, demand, idle time and requests served."""
+    pairs = st.tuples(st.sampled_from(nodes), st.sampled_from(models))
+    for n, m in draw(st.lists(pairs, max_size=3)):
+        node = b.state.nodes[n]
+        if node.online and m not in node.placements:
+            b.pending(n, m, draw(st.sampled_from(("requested", "downloading", "loading"))))
+    for n, m in draw(st.lists(pairs, max_size=3)):
+        b.fail(n, m, times=draw(st.integers(1, 4)), every_s=5.0)
+    b.advance(draw(st.sampled_from((0.0, 300.0, 600.0, 900.0))))
+    for m in models:
+        rate = draw(st.sampled_from(_RATES))
+        if rate:
+            unmet = draw(st.sampled_from((0, 0, 5)))
+            b.demand(m, served=round(rate * CONFIG.demand_window_s), unmet=unmet)
+    for n, m in draw(st.lists(pairs, max_size=3)):
+        if m in b.state.nodes[n].placements:
+            b.serve(n, m)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, crowded: bool = False) -> Scenario:
+    """A random fleet in a plausible state (see the module docstring).
+
+    ``crowded``: every node online and provisionable with a VRAM budget, its
+    loaded models fitting it — where urgent placement has to evict.
+    """
+    b = FleetBuilder()
+    models = [f"m{i}" for i in range(draw(st.sampled_from((1, 2, 3, 4, 5)), label="models"))]
+    for m in models:
+        vram = draw(st.sampled_from(_MODEL_VRAM))
+        disk = draw(st.sampled_from((vram // 2, vram, vram * 2)))
+        b.model(m, vram_mb=vram, disk_mb=disk, offered=_mostly(draw, "offered"))
+    nodes = [f"n{i}" for i in range(draw(st.sampled_from((1, 2, 3, 4, 5, 6)), label="nodes"))]
+    for n in nodes:
+        _node(draw, b, n, models, crowded)
+    _activity(draw, b, nodes, models)
+    placed = sorted((n.node_id, m) for n in b.state.nodes.values() for m in n.placements)
+    busy_pairs = draw(st.sets(st.sampled_from(placed), max_size=3)) if placed else set()
+    busy = {p: draw(st.integers(0, 3)) for p in sorted(busy_pairs)}
+    now = b.now + draw(st.sampled_from((10.0, 0.0, 59.0, 120.0, 700.0)))
+    return Scenario(state=b.state, now=now, busy=busy, events=tuple(b.events))
+
+
+@st.composite
+def requesters(draw: st.DrawFn) -> Requester:
+    """A key's owner and node constraints: regions, minimum trust, own nodes only."""
+    regions = st.frozensets(st.sampled_from(("", "eu", "us")), min_size=1, max_size=2)
+    policy = KeyPolicy(
+        regions=draw(st.just(frozenset()) | regions),
+        min_trust=draw(st.sampled_from(("community", "community", *TRUST_ORDER[1:]))),
+        fleet=draw(st.sampled_from(("all", "all", "own"))),
+    )
+    return Requester(owner_id=draw(st.sampled_from(("u1", "u2"))), policy=policy)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _pinned(s: Scenario, node: NodeState) -> list[str]:
+    """Placements the planner may not touch: loads in progress and busy ones."""
+    return [
+        m
+        for m, p in node.placements.items()
+        if p.phase != "ready" or f.is_busy(s.busy, node.node_id, m)
+    ]
+
+
+def _sizes(state: FleetState, models: list[str]) -> tuple[int, int]:
+    entries = [state.catalog[m].entry for m in models if m in state.catalog]
+    return sum(e.vram_mb for e in entries), sum(e.disk_mb for e in entries)
+
+
+def _cold_model(s: Scenario, data: Any) -> str:
+    """A model to request: offered and held by no online node, when there is such a model."""
+    held = {m for n in s.state.nodes.values() if n.online for m in n.placements}
+    offered = {m for m, c in s.state.catalog.items() if c.offered}
+    cold = sorted(offered - held) or sorted(offered) or sorted(s.state.catalog)
+    return str(data.draw(st.sampled_from(cold), label="model"))
+
+
+def _plan(s: Scenario) -> Plan:
+    return plan(s.state, s.now, CONFIG, s.busy)
+
+
+# --- the planner ------------------------------------------------------------------------------
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_exceeds_a_budget(s: Scenario) -> None:
+    """After the plan, each node's VRAM and memory-disk fit its budget, or what it must keep."""
+    p = _plan(s)
+    after = apply_plan(s.state, p, s.now)
+    loaded_on = {d.node_id for d in p.loads}
+    for node in f.provisionable_nodes(s.state):
+        pinned_vram, pinned_disk = _sizes(s.state, _pinned(s, node))
+        vram, disk = _sizes(after, list(after.nodes[node.node_id].placements))
+        assert vram <= max(node.vram_budget_mb, pinned_vram), node.node_id
+        assert disk <= max(node.disk_budget_mb, pinned_disk), node.node_id
+        if node.node_id in loaded_on:  # a node taking a load is within its budgets proper
+            assert vram <= node.vram_budget_mb
+            assert disk <= node.disk_budget_mb
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_loads_on_an_ineligible_node(s: Scenario) -> None:
+    """Loads go to online provisionable nodes that fit the model and are not backing off."""
+    p = _plan(s)
+    provisionable = {n.node_id for n in f.provisionable_nodes(s.state)}
+    pairs = [(d.node_id, d.model_id) for d in p.loads]
+    assert len(pairs) == len(set(pairs))
+    for node_id, m in pairs:
+        node = s.state.nodes[node_id]
+        assert node_id in provisionable
+        assert f.fits_at_all(s.state, node, m)
+        assert not f.in_backoff(node, m, s.now, CONFIG)
+        assert m not in node.placements
+        assert s.state.catalog[m].offered
+        assert f.demand_rate(s.state, m, s.now, CONFIG) > 0
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_evicts_a_busy_placement_or_a_pending_load(s: Scenario) -> None:
+    """Every unload is of a ready placement with no request in flight."""
+    for u in _plan(s).unloads:
+        placement = s.state.nodes[u.node_id].placements[u.model_id]
+        assert placement.phase == "ready"
+        assert not f.is_busy(s.busy, u.node_id, u.model_id)
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_touches_a_fixed_set_or_offline_node(s: Scenario) -> None:
+    """Decisions only name online provisionable nodes; fixed-set nodes keep what they hold."""
+    p = _plan(s)
+    for d in (*p.unloads, *p.loads):
+        node = s.state.nodes[d.node_id]
+        assert node.online
+        assert node.provisionable
+
+
+@PLANS
+@given(scenarios())
+def test_unload_reasons_are_true(s: Scenario) -> None:
+    """ "idle" only after a whole unused window with no demand; otherwise "evicted"."""
+    for u in _plan(s).unloads:
+        assert u.reason in ("idle", "evicted")
+        if u.reason == "idle":
+            p = s.state.nodes[u.node_id].placements[u.model_id]
+            assert s.now - p.last_used_at >= CONFIG.demand_window_s
+            assert f.demand_rate(s.state, u.model_id, s.now, CONFIG) == 0
+
+
+@PLANS
+@given(scenarios())
+def test_applying_a_plan_and_planning_again_gives_an_empty_plan(s: Scenario) -> None:
+    """Stability: once every decision has completed, the next plan at the same time is empty."""
+    after = apply_plan(s.state, _plan(s), s.now)
+    again = plan(after, s.now, CONFIG, s.busy)
+    assert again.empty, (again.unloads, again.loads)
+
+
+@PLANS
+@given(scenarios())
+def test_the_same_input_gives_the_same_plan_bytes(s: Scenario) -> None:
+    """Determinism within a process: two plans encode to identical bytes."""
+    assert msgspec.json.encode(_plan(s)) == msgspec.json.encode(_plan(s))
+
+
+@PLANS
+@given(scenarios())
+def test_the_objective_is_never_worse_than_first_fit_decreasing(s: Scenario) -> None:
+    """The plan scores at least the greedy FFD answer on the same instance."""
+    idle = f.idle_unloads(s.state, s.now, CONFIG, s.busy)
+    fleet = build_fleet(
+        s.state, s.now, CONFIG, s.busy, gone=[(u.node_id, u.model_id) for u in idle]
+    )
+    assert round(_plan(s).objective * SCALE) >= objective(fleet, first_fit_decreasing(fleet))
+
+
+_PLAN_IN_SUBPROCESS = """
+import sys
+from porten.domain.codec import decode_event
+from porten.domain.fold import fold
+from porten.scheduler.plan import PlannerConfig
+from porten.scheduler.planner import plan
+import msgspec
+for block in sys.stdin.read().split("\\n\\n"):
+    head, *lines = block.splitlines()
+    now, busy = msgspec.json.decode(head)
+    state = fold(decode_event(line.encode()) for line in lines)
+    busy = {(n, m): k for n, m, k in busy}
+    print(msgspec.json.encode(plan(state, now, PlannerConfig(), busy)).hex())
+"""
+
+
+def _seeded_scenarios(count: int) -> list[Scenario]:
+    """Scenarios drawn with a seeded RNG instead of Hypothesis, for the subprocess test."""
+    out = []
+    for seed in range(count):
+        rng = random.Random(seed)
+        b = FleetBuilder()
+        models = [f"m{i}" for i in range(rng.randint(2, 5))]
+        for m in models:
+            b.model(m, vram_mb=rng.choice(_MODEL_VRAM))
+        for i in range(rng.randint(2, 6)):
+            b.node(f"n{i}", vram_mb=rng.choice(_VRAM[1:]), loaded=rng.sample(models, 1))
+        for m in models:
+            b.rate(m, rng.choice(_RATES))
+        placed = sorted((n.node_id, m) for n in b.state.nodes.values() for m in n.placements)
+        busy = {placed[0]: 1}
+        out.append(Scenario(b.state, b.now, busy, tuple(b.events)))
+    return out
+
+
+def test_plans_do_not_depend_on_the_hash_seed() -> None:
+    """Processes with different string-hash seeds make byte-identical plans."""
+    scenarios_ = _seeded_scenarios(6)
+    here = "".join(msgspec.json.encode(_plan(s)).hex() + "\n" for s in scenarios_)
+    blocks = []
+    for s in scenarios_:
+        head = msgspec.json.encode([s.now, [[n, m, k] for (n, m), k in s.busy.items()]])
+        blocks.append("\n".join([head.decode(), *(encode_event(e).decode() for e in s.events)]))
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", _PLAN_IN_SUBPROCESS],
+            input="\n\n".join(blocks),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert out.stdout == here, f"plans differ under PYTHONHASHSEED={seed}"
+
+
+# --- urgent placement -------------------------------------------------------------------------
+
+
+@URGENT
+@given(scenarios() | scenarios(crowded=True), requesters(), st.data())
+def test_urgent_placement_keeps_every_promise(s: Scenario, who: Requester, data: Any) -> None:
+    """The chosen node admits the key, fits, is not backing off, and only idle-ready models go.
+
+    Checked: the node admits the requester and is online; for a new load it is
+    provisionable, fits the model at all and is not in back-off; evictions are
+    on that node, of ready placements with no request in flight, and lowest
+    demand first — no evictable model left on the node has less demand than an
+    evicted one; after the evictions and the load the node is within budgets.
+    """
+    model_id = _cold_model(s, data)
+    out = place_urgently(s.state, model_id, who, s.now, CONFIG, s.busy)
+    if isinstance(out, Unplaceable):
+        return
+    node = s.state.nodes[out.load.node_id]
+    assert node.online
+    assert node_admits(who, node)
+    if out.load.reason.startswith("already"):
+        assert model_id in node.placements
+        assert not out.evictions
+        return
+    assert node in f.provisionable_nodes(s.state)
+    assert f.fits_at_all(s.state, node, model_id)
+    assert not f.in_backoff(node, model_id, s.now, CONFIG)
+    _assert_lowest_demand_evicted(s, node, out)
+    after = apply_urgent(s.state, out, s.now).nodes[node.node_id]
+    vram, disk = _sizes(s.state, list(after.placements))
+    assert vram <= node.vram_budget_mb
+    assert disk <= node.disk_budget_mb
+
+
+def _assert_lowest_demand_evicted(s: Scenario, node: NodeState, out: UrgentPlacement) -> None:
+    evicted = [u.model_id for u in out.evictions]
+    for u in out.evictions:
+        assert (u.node_id, u.reason, u.evicted_for) == (node.node_id, "evicted", out.load.model_id)
+    evictable = f.evictable(node, s.busy)
+    assert set(evicted) <= set(evictable)
+    kept = [m for m in evictable if m not in evicted]
+    rate = {m: f.demand_rate(s.state, m, s.now, CONFIG) for m in evictable}
+    if evicted and kept:
+        assert max(rate[m] for m in evicted) <= min(rate[m] for m in kept)
+
+
+@URGENT
+@given(scenarios() | scenarios(crowded=True), requesters(), st.data())
+def test_urgent_unplaceable_means_no_admissible_node_could_hold_it(
+    s: Scenario, who: Requester, data: Any
+) -> None:
+    """If it refuses an offered model, no admissible node could take it even evicting all it may."""
+    model_id = _cold_model(s, data)
+    out = place_urgently(s.state, model_id, who, s.now, CONFIG, s.busy)
+    if not isinstance(out, Unplaceable) or not s.state.catalog[model_id].offered:
+        return
+    assert out.reason
+    entry = s.state.catalog[model_id].entry
+    for node in s.state.nodes.values():
+        if not (node.online and node_admits(who, node)):
+            continue
+        assert model_id not in node.placements, "an admissible node already has it"
+        usable = node.provisionable and node.vram_budget_mb > 0 and node.disk_budget_mb > 0
+        if not usable or f.in_backoff(node, model_id, s.now, CONFIG):
+            continue
+        vram, disk = _sizes(s.state, _pinned(s, node))
+        assert (
+            vram + entry.vram_mb > node.vram_budget_mb or disk + entry.disk_mb > node.disk_budget_mb
+        ), f"{node.node_id} could hold {model_id}: {out.reason}"
+
+
+@pytest.mark.parametrize("reason_part", ["needs", "policy", "backing off", "serving", "loading"])
+def test_unplaceable_reasons_are_reachable(reason_part: str) -> None:
+    """Each kind of refusal has a scenario that produces it (guards the wording)."""
+    b = FleetBuilder().model("x", 10_000).model("y", 12_000)
+    busy: dict[tuple[str, str], int] = {}
+    who = Requester(owner_id="u1")
+    match reason_part:
+        case "needs":
+            b.node("n1", vram_mb=8_000)
+        case "policy":
+            who = Requester(owner_id="u1", policy=KeyPolicy(regions=frozenset({"eu"})))
+            b.node("n1", region="us")
+        case "backing off":
+            b.node("n1").fail("n1", "x")
+        case "serving":
+            b.node("n1", vram_mb=12_000, loaded=["y"])
+            busy = {("n1", "y"): 1}
+        case _:
+            b.node("n1", vram_mb=12_000)
+            b.pending("n1", "y")
+    out = place_urgently(b.state, "x", who, b.now, CONFIG, busy)
+    assert isinstance(out, Unplaceable)
+    assert reason_part in out.reason
