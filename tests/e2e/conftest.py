@@ -15,7 +15,10 @@ from porten.config import Settings
 def settings(database_url: str, data_dir: Path) -> Settings:
     """Hub settings on a fresh database and data dir, listening on a free loopback port."""
     return Settings(
-        database_url=database_url, data_dir=data_dir, host="127.0.0.1", port=0,
+        database_url=database_url,
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=0,
         log_level="warning",
     )
 

@@ -35,18 +35,40 @@ def porten(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 HISTORY: list[ev.AnyEvent] = [
-    ev.ModelOffered(at=1000.0, actor="user:op", model=CatalogEntry(id="m1", vram_mb=4000,
-                                                                   disk_mb=3000)),
+    ev.ModelOffered(
+        at=1000.0, actor="user:op", model=CatalogEntry(id="m1", vram_mb=4000, disk_mb=3000)
+    ),
     ev.NodeEnrolled(at=1001.0, actor="user:op", node_id="n1", owner_id="u1", region="eu"),
     ev.NodeConnected(at=1002.0, actor="node:n1", node_id="n1", session_id="s1"),
-    ev.NodeCapabilitiesReported(at=1003.0, actor="node:n1", node_id="n1", engine="sim",
-                                provisionable=True, vram_total_mb=24000,
-                                vram_budget_mb=20000, disk_budget_mb=100000),
-    ev.LoadRequested(at=1004.0, actor="planner", node_id="n1", model_id="m1", load_id="l1",
-                     reason="cold model requested"),
+    ev.NodeCapabilitiesReported(
+        at=1003.0,
+        actor="node:n1",
+        node_id="n1",
+        engine="sim",
+        provisionable=True,
+        vram_total_mb=24000,
+        vram_budget_mb=20000,
+        disk_budget_mb=100000,
+    ),
+    ev.LoadRequested(
+        at=1004.0,
+        actor="planner",
+        node_id="n1",
+        model_id="m1",
+        load_id="l1",
+        reason="cold model requested",
+    ),
     ev.ModelLoaded(at=1010.0, actor="node:n1", node_id="n1", model_id="m1", load_id="l1"),
-    ev.RequestServed(at=1011.0, actor="hub", request_id="r1", model_id="m1", node_id="n1",
-                     key_id="k1", prompt_tokens=12, completion_tokens=30),
+    ev.RequestServed(
+        at=1011.0,
+        actor="hub",
+        request_id="r1",
+        model_id="m1",
+        node_id="n1",
+        key_id="k1",
+        prompt_tokens=12,
+        completion_tokens=30,
+    ),
     ev.ModelUnloaded(at=2000.0, actor="planner", node_id="n1", model_id="m1", reason="idle"),
 ]
 
@@ -81,8 +103,9 @@ async def test_list_prints_jsonl_in_order_and_filters(database_url: str) -> None
     by_stream = porten("events", "list", "--stream", "model-m1", "--database-url", database_url)
     assert len(by_stream.stdout.splitlines()) == 1
 
-    window = porten("events", "list", "--since", "@1004", "--until", "@1011",
-                    "--database-url", database_url)
+    window = porten(
+        "events", "list", "--since", "@1004", "--until", "@1011", "--database-url", database_url
+    )
     at = [msgspec.json.decode(x)["event"]["at"] for x in window.stdout.splitlines()]
     assert at == [1004.0, 1010.0]
 

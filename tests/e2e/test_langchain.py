@@ -85,8 +85,11 @@ async def test_bind_tools_gets_a_tool_call(porten: Porten) -> None:
 async def test_openai_embeddings_embed_documents_and_query(porten: Porten) -> None:
     """OpenAIEmbeddings gets one catalog-sized vector per document, and one for a query."""
     embedder = OpenAIEmbeddings(
-        model=EMBEDDING, base_url=porten.api_base, api_key=porten.api_key,
-        check_embedding_ctx_length=False, max_retries=0,
+        model=EMBEDDING,
+        base_url=porten.api_base,
+        api_key=porten.api_key,
+        check_embedding_ctx_length=False,
+        max_retries=0,
     )
     docs = ["the first document", "the second one"]
     vectors = await embedder.aembed_documents(docs)

@@ -91,7 +91,8 @@ async def test_chat_completion_has_content_usage_and_headers(porten: Porten) -> 
     [served] = await porten.served(1)
     assert (served.request_id, served.node_id, served.model_id) == (request_id, LOCAL, CHAT)
     assert (served.prompt_tokens, served.completion_tokens) == (
-        plan.prompt_tokens, plan.completion_tokens,
+        plan.prompt_tokens,
+        plan.completion_tokens,
     )
     assert served.outcome == "ok"
 
@@ -142,7 +143,8 @@ async def test_stream_without_include_usage_has_no_usage_chunk(porten: Porten) -
     assert chunks[-1].choices[0].finish_reason == "stop"
     [served] = await porten.served(1)
     assert (served.prompt_tokens, served.completion_tokens) == (
-        plan.prompt_tokens, plan.completion_tokens,
+        plan.prompt_tokens,
+        plan.completion_tokens,
     )
 
 
@@ -184,8 +186,9 @@ async def test_streamed_tool_call_reassembles(porten: Porten) -> None:
     assert fragments[0].id == plan.tool_calls[0]["id"]
     assert fragments[0].function is not None
     assert fragments[0].function.name == "get_weather"
-    assert "".join(f.function.arguments or "" for f in fragments if f.function) == (
-        plan.tool_calls[0]["function"]["arguments"]
+    assert (
+        "".join(f.function.arguments or "" for f in fragments if f.function)
+        == (plan.tool_calls[0]["function"]["arguments"])
     )
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
@@ -225,9 +228,7 @@ async def test_reasoning_content_is_separate_from_content(porten: Porten) -> Non
         len(plan.reasoning_tokens) + len(plan.content_tokens)
     )
     assert completion.usage.completion_tokens_details is not None
-    assert completion.usage.completion_tokens_details.reasoning_tokens == len(
-        plan.reasoning_tokens
-    )
+    assert completion.usage.completion_tokens_details.reasoning_tokens == len(plan.reasoning_tokens)
 
 
 async def test_streamed_reasoning_comes_first_as_its_own_delta(porten: Porten) -> None:
@@ -256,13 +257,15 @@ async def test_streamed_reasoning_comes_first_as_its_own_delta(porten: Porten) -
 async def test_vision_with_inline_data_image(porten: Porten) -> None:
     """A data: image reaches a vision model, which answers and counts the image's tokens."""
     image = data_url(png(8, 8))
-    messages = [{
-        "role": "user",
-        "content": [
-            {"type": "text", "text": "What is in this picture?"},
-            {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
-        ],
-    }]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+            ],
+        }
+    ]
     plan = plan_for(VISION, {"messages": messages})
     text_only = plan_for(VISION, {"messages": user("What is in this picture?")})
     completion = await porten.client().chat.completions.create(model=VISION, messages=messages)
@@ -276,9 +279,7 @@ async def test_embeddings_default_sdk_call_is_base64_and_decodes(porten: Porten)
     """The SDK's default (base64) embeddings decode to the engine's vectors, catalog-sized."""
     texts = ["text to embed", "and another"]
     expected = embed(sim_model(EMBEDDING), texts, porten.profile)
-    raw = await porten.client().embeddings.with_raw_response.create(
-        model=EMBEDDING, input=texts
-    )
+    raw = await porten.client().embeddings.with_raw_response.create(model=EMBEDDING, input=texts)
     on_wire = json.loads(raw.content)
     assert all(isinstance(d["embedding"], str) for d in on_wire["data"])  # base64 was asked
     result = raw.parse()

@@ -37,8 +37,12 @@ async def rogue_session(porten: Porten) -> AsyncIterator[aiohttp.ClientWebSocket
     hello = AgentHello(
         agent_version="rogue",
         inventory=Inventory(
-            engine="sim", provisionable=False, vram_total_mb=24_000, vram_budget_mb=24_000,
-            disk_budget_mb=0, models_loaded=(CHAT,),
+            engine="sim",
+            provisionable=False,
+            vram_total_mb=24_000,
+            vram_budget_mb=24_000,
+            disk_budget_mb=0,
+            models_loaded=(CHAT,),
         ),
     )
     async with (
@@ -62,8 +66,12 @@ async def closed_by_hub(ws: aiohttp.ClientWebSocketResponse) -> int | None:
     async with asyncio.timeout(10.0):
         while True:
             msg = await ws.receive()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                            aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            if msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 return ws.close_code
 
 
@@ -84,8 +92,11 @@ async def disconnect_reason(porten: Porten) -> str:
 
     async def recorded() -> bool:
         records = await porten.hub.store.read_filtered(types=["node_disconnected"])
-        found[:] = [r.event for r in records
-                    if isinstance(r.event, ev.NodeDisconnected) and r.event.node_id == ROGUE]
+        found[:] = [
+            r.event
+            for r in records
+            if isinstance(r.event, ev.NodeDisconnected) and r.event.node_id == ROGUE
+        ]
         return bool(found)
 
     await eventually(recorded, what="the rogue's disconnect is recorded")

@@ -106,9 +106,20 @@ async def test_json_that_is_not_an_object(porten: Porten, body: bytes, kind: str
         (chat(tool_choice="required"), "invalid_value", "tool_choice"),
     ],
     ids=[
-        "messages-missing", "messages-null", "messages-empty", "model-missing", "role-number",
-        "role-unknown", "content-number", "content-missing", "max_tokens-negative",
-        "max_tokens-zero", "temperature-string", "temperature-too-high", "stream-string", "n-2",
+        "messages-missing",
+        "messages-null",
+        "messages-empty",
+        "model-missing",
+        "role-number",
+        "role-unknown",
+        "content-number",
+        "content-missing",
+        "max_tokens-negative",
+        "max_tokens-zero",
+        "temperature-string",
+        "temperature-too-high",
+        "stream-string",
+        "n-2",
         "tool_choice-without-tools",
     ],
 )
@@ -149,9 +160,7 @@ async def test_tools_to_a_model_without_tools_is_400_not_503(porten: Porten) -> 
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     reply = await porten.post(CHAT_PATH, chat(model=REASONING, tools=[tool]))
     message = assert_error(reply, 400, "model_does_not_support_tools", "tools")
-    assert message.startswith(
-        f"The model '{REASONING}' does not support tools (function calling)."
-    )
+    assert message.startswith(f"The model '{REASONING}' does not support tools (function calling).")
     assert (await porten.sim_stats())["started"] == 0
 
 
@@ -182,13 +191,15 @@ async def test_large_inline_image_under_the_default_limit_is_accepted(porten: Po
     """A ~400 KB inline image (under the default 32 MB limit) reaches the vision model."""
     image = data_url(png(330, 330, seed=3))
     assert len(image) > 400_000
-    messages = [{
-        "role": "user",
-        "content": [
-            {"type": "text", "text": "Describe this noise."},
-            {"type": "image_url", "image_url": {"url": image}},
-        ],
-    }]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Describe this noise."},
+                {"type": "image_url", "image_url": {"url": image}},
+            ],
+        }
+    ]
     plan = plan_for(VISION, {"messages": messages})
     reply = await porten.post(CHAT_PATH, {"model": VISION, "messages": messages})
     assert reply.status == 200, reply.body
@@ -230,16 +241,19 @@ async def test_remote_image_urls_are_refused_and_never_fetched(
 ) -> None:
     """A non-inline image URL is 400 invalid_image_url and the hub connects nowhere."""
     url = "file:///etc/passwd" if scheme == "file://" else f"{scheme}{listener.url}/cat.png"
-    messages = [{
-        "role": "user",
-        "content": [
-            {"type": "text", "text": "What is this?"},
-            {"type": "image_url", "image_url": {"url": url}},
-        ],
-    }]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ],
+        }
+    ]
     for stream in (False, True):
-        reply = await porten.post(CHAT_PATH, {"model": VISION, "messages": messages,
-                                              "stream": stream})
+        reply = await porten.post(
+            CHAT_PATH, {"model": VISION, "messages": messages, "stream": stream}
+        )
         param = "messages[0].content[1].image_url.url"
         message = assert_error(reply, 400, "invalid_image_url", param)
         assert "never fetches remote images" in message
@@ -274,7 +288,7 @@ async def test_authorization_header_variants(porten: Porten) -> None:
         reply = await porten.post(CHAT_PATH, chat(), headers=headers)
         assert_error(reply, 401, "invalid_api_key", None)
         assert reply.headers["WWW-Authenticate"] == 'Bearer realm="porten"', name
-        for secret in (key, unknown, openai_key, key[:-1], key[len("sk-porten-"):]):
+        for secret in (key, unknown, openai_key, key[:-1], key[len("sk-porten-") :]):
             assert secret.encode() not in reply.body, name
             assert all(secret not in v for v in reply.headers.values()), name
     listing = await porten.get("/v1/models", headers=_headers(f"Bearer {unknown}"))

@@ -72,7 +72,8 @@ async def test_200_concurrent_streams_complete_with_exact_usage(porten: Porten) 
     for event in served:
         _, usage = expected[event.request_id]
         assert (event.prompt_tokens, event.completion_tokens) == (
-            usage["prompt"], usage["completion"],
+            usage["prompt"],
+            usage["completion"],
         )
         assert (event.node_id, event.outcome) == (LOCAL, "ok")
     stats = await porten.sim_stats()

@@ -97,14 +97,10 @@ async def test_failure_before_first_byte_retries_on_the_next_node(
         client = porten.client()
         messages = user("Who answers this?")
         plan = plan_for(CHAT, {"messages": messages})
-        raw = await client.chat.completions.with_raw_response.create(
-            model=CHAT, messages=messages
-        )
+        raw = await client.chat.completions.with_raw_response.create(model=CHAT, messages=messages)
         assert raw.headers["X-Porten-Node"] == LOCAL
         assert raw.parse().choices[0].message.content == plan.content
-        stream = await client.chat.completions.create(
-            model=CHAT, messages=messages, stream=True
-        )
+        stream = await client.chat.completions.create(model=CHAT, messages=messages, stream=True)
         assert stream.response.headers["X-Porten-Node"] == LOCAL
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text == plan.content
@@ -129,7 +125,9 @@ async def test_all_candidates_failing_is_502_node_error(
             assert reply.status == 502
             error = reply.error
             assert (error["type"], error["code"], error["param"]) == (
-                "server_error", "node_error", None,
+                "server_error",
+                "node_error",
+                None,
             )
             assert error["message"] == (
                 f"every node that could serve {BIG} failed (2 tried); try again"
@@ -149,7 +147,9 @@ async def test_no_node_serving_the_model_is_503_with_retry_after(porten: Porten)
         assert reply.status == 503
         error = reply.error
         assert (error["type"], error["code"], error["param"]) == (
-            "service_unavailable", "no_available_node", None,
+            "service_unavailable",
+            "no_available_node",
+            None,
         )
         retry_after = reply.headers["Retry-After"]
         assert retry_after.isdigit()
@@ -177,12 +177,19 @@ async def doomed_agent(porten: Porten, tmp_path: Path) -> AsyncIterator[asyncio.
     }
     log = (tmp_path / "agent.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "porten", "agent", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        sys.executable,
+        "-m",
+        "porten",
+        "agent",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=log,
     )
     try:
         await eventually(
-            lambda: proc.returncode is not None or porten.serves("doomed", SPARE), within=60.0,
+            lambda: proc.returncode is not None or porten.serves("doomed", SPARE),
+            within=60.0,
             what="the agent process serving",
         )
         if proc.returncode is not None:
@@ -271,7 +278,9 @@ async def test_total_timeout_is_504_gateway_timeout(settings: Settings) -> None:
         assert reply.status == 504  # a 200 would mean it waited out the whole generation
         error = reply.error
         assert (error["type"], error["code"], error["param"]) == (
-            "server_error", "gateway_timeout", None,
+            "server_error",
+            "gateway_timeout",
+            None,
         )
 
         async def cancelled() -> bool:
@@ -321,8 +330,11 @@ async def test_graceful_shutdown_drains_an_in_flight_stream(settings: Settings) 
         async with (
             local_node(hub, url, PRELOADED, engine=engine) as setup,
             aiohttp.ClientSession() as http,
-            http.post(url + "/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {setup.api_key}"}) as resp,
+            http.post(
+                url + "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {setup.api_key}"},
+            ) as resp,
         ):
             assert resp.status == 200
             events.append(await resp.content.readuntil(b"\n\n"))

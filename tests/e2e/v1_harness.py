@@ -221,13 +221,20 @@ class Porten:
     async def enrol(self, node_id: str) -> str:
         """Enrol another node of the local owner; its fresh credential."""
         credential = new_node_credential()
-        position = await self.hub.writer.append([
-            ev.NodeEnrolled(
-                at=time.time(), actor="user:e2e", node_id=node_id, owner_id="local",
-                name=node_id, region="local", trust_class="trusted",
-                credential_hash=token_hash(self.hub.server_secret, credential),
-            )
-        ])
+        position = await self.hub.writer.append(
+            [
+                ev.NodeEnrolled(
+                    at=time.time(),
+                    actor="user:e2e",
+                    node_id=node_id,
+                    owner_id="local",
+                    name=node_id,
+                    region="local",
+                    trust_class="trusted",
+                    credential_hash=token_hash(self.hub.server_secret, credential),
+                )
+            ]
+        )
         assert await self.hub.projection.wait_until(position, 10.0)
         return credential
 
@@ -240,7 +247,8 @@ class Porten:
     async def until_serving(self, node_id: str, model_id: str, *, within: float = 30.0) -> None:
         """Wait until ``node_id`` has a live link and serves ``model_id``."""
         await eventually(
-            lambda: self.serves(node_id, model_id), within=within,
+            lambda: self.serves(node_id, model_id),
+            within=within,
             what=f"{node_id} serving {model_id}",
         )
 
@@ -306,12 +314,14 @@ def png(width: int, height: int, *, seed: int = 0) -> bytes:
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"".join([
-        b"\x89PNG\r\n\x1a\n",
-        chunk(b"IHDR", header),
-        chunk(b"IDAT", zlib.compress(rows, 1)),
-        chunk(b"IEND", b""),
-    ])
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(rows, 1)),
+            chunk(b"IEND", b""),
+        ]
+    )
 
 
 def data_url(image: bytes) -> str:

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from porten.domain.codec import encode_event
 from porten.domain.state import FleetState, NodeState
 from porten.domain.values import TRUST_ORDER, KeyPolicy
+from porten.scheduler import _neighbourhood
 from porten.scheduler import filters as f
-from porten.scheduler._fleet import SCALE, build_fleet, objective
+from porten.scheduler._fleet import SCALE, Changes, advance, build_fleet, objective
 from porten.scheduler.apply import apply_plan, apply_urgent
 from porten.scheduler.eligibility import Requester, node_admits
 from porten.scheduler.ffd import first_fit_decreasing
@@ -164,18 +165,19 @@ def _cold_model(s: Scenario, data: Any) -> str:
     return str(data.draw(st.sampled_from(cold), label="model"))
 
 
+def _pairs(decisions: Any) -> set[tuple[str, str]]:
+    return {(d.node_id, d.model_id) for d in decisions}
+
+
 def _plan(s: Scenario) -> Plan:
     return plan(s.state, s.now, CONFIG, s.busy)
 
 
-# --- the planner ------------------------------------------------------------------------------
+# --- the planner's safety promises (checked on whole problems and on neighbourhoods) ---------
 
 
-@PLANS
-@given(scenarios())
-def test_a_plan_never_exceeds_a_budget(s: Scenario) -> None:
-    """After the plan, each node's VRAM and memory-disk fit its budget, or what it must keep."""
-    p = _plan(s)
+def assert_within_budgets(s: Scenario, p: Plan) -> None:
+    """After the plan each node's VRAM and memory-disk fit its budget, or what it must keep."""
     after = apply_plan(s.state, p, s.now)
     loaded_on = {d.node_id for d in p.loads}
     for node in f.provisionable_nodes(s.state):
@@ -188,11 +190,8 @@ def test_a_plan_never_exceeds_a_budget(s: Scenario) -> None:
             assert disk <= node.disk_budget_mb
 
 
-@PLANS
-@given(scenarios())
-def test_a_plan_never_loads_on_an_ineligible_node(s: Scenario) -> None:
-    """Loads go to online provisionable nodes that fit the model and are not backing off."""
-    p = _plan(s)
+def assert_loads_eligible(s: Scenario, p: Plan) -> None:
+    """Loads go once each to online provisionable nodes that fit and do not back off."""
     provisionable = {n.node_id for n in f.provisionable_nodes(s.state)}
     pairs = [(d.node_id, d.model_id) for d in p.loads]
     assert len(pairs) == len(set(pairs))
@@ -206,14 +205,43 @@ def test_a_plan_never_loads_on_an_ineligible_node(s: Scenario) -> None:
         assert f.demand_rate(s.state, m, s.now, CONFIG) > 0
 
 
+def assert_unloads_safe(s: Scenario, p: Plan) -> None:
+    """Unloads are of ready placements with no request in flight, on online provisionable nodes."""
+    for u in p.unloads:
+        node = s.state.nodes[u.node_id]
+        assert node.online
+        assert node.provisionable
+        assert node.placements[u.model_id].phase == "ready"
+        assert not f.is_busy(s.busy, u.node_id, u.model_id)
+
+
+def ffd_objective(s: Scenario) -> int:
+    """First-fit-decreasing's objective on the instance the planner solves."""
+    idle = f.idle_unloads(s.state, s.now, CONFIG, s.busy)
+    gone = [(u.node_id, u.model_id) for u in idle]
+    fleet = build_fleet(s.state, s.now, CONFIG, s.busy, gone=gone)
+    return objective(fleet, first_fit_decreasing(fleet))
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_exceeds_a_budget(s: Scenario) -> None:
+    """After the plan, each node's VRAM and memory-disk fit its budget, or what it must keep."""
+    assert_within_budgets(s, _plan(s))
+
+
+@PLANS
+@given(scenarios())
+def test_a_plan_never_loads_on_an_ineligible_node(s: Scenario) -> None:
+    """Loads go to online provisionable nodes that fit the model and are not backing off."""
+    assert_loads_eligible(s, _plan(s))
+
+
 @PLANS
 @given(scenarios())
 def test_a_plan_never_evicts_a_busy_placement_or_a_pending_load(s: Scenario) -> None:
     """Every unload is of a ready placement with no request in flight."""
-    for u in _plan(s).unloads:
-        placement = s.state.nodes[u.node_id].placements[u.model_id]
-        assert placement.phase == "ready"
-        assert not f.is_busy(s.busy, u.node_id, u.model_id)
+    assert_unloads_safe(s, _plan(s))
 
 
 @PLANS
@@ -225,6 +253,24 @@ def test_a_plan_never_touches_a_fixed_set_or_offline_node(s: Scenario) -> None:
         node = s.state.nodes[d.node_id]
         assert node.online
         assert node.provisionable
+
+
+@PLANS
+@given(scenarios())
+def test_on_a_neighbourhood_the_promises_hold_too(s: Scenario) -> None:
+    """Forced onto the large-fleet path (narrow neighbourhoods, several rounds), plans stay safe.
+
+    Budgets, eligibility, busy and pending placements, and the objective
+    against FFD, exactly as on the whole problem.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_neighbourhood, "WHOLE_PROBLEM_PAIRS", 0)
+        mp.setattr(_neighbourhood, "MAX_CANDIDATES", 1)
+        p = _plan(s)
+    assert_within_budgets(s, p)
+    assert_loads_eligible(s, p)
+    assert_unloads_safe(s, p)
+    assert round(p.objective * SCALE) >= ffd_objective(s)
 
 
 @PLANS
@@ -250,6 +296,28 @@ def test_applying_a_plan_and_planning_again_gives_an_empty_plan(s: Scenario) -> 
 
 @PLANS
 @given(scenarios())
+def test_the_solvers_view_of_an_applied_plan_is_the_folded_one(s: Scenario) -> None:
+    """Advancing the integer problem by a plan equals rebuilding it from the folded events.
+
+    This is what lets one plan take several solver rounds: each round starts from
+    the problem the fold of the previous round's events would give.
+    """
+    p = _plan(s)
+    idle = [(u.node_id, u.model_id) for u in p.unloads if u.reason == "idle"]
+    evicted = {(u.node_id, u.model_id) for u in p.unloads if u.reason == "evicted"}
+    changes = Changes(unloads=frozenset(evicted), loads=frozenset(_pairs(p.loads)))
+    advanced = advance(build_fleet(s.state, s.now, CONFIG, s.busy, gone=idle), changes)
+    rebuilt = build_fleet(apply_plan(s.state, p, s.now), s.now, CONFIG, s.busy)
+    assert advanced.nodes == rebuilt.nodes
+    for m, t in advanced.models.items():
+        if m in rebuilt.models:
+            assert rebuilt.models[m] == t
+        else:  # a model with no value leaves the problem with its last placement
+            assert not t.values
+
+
+@PLANS
+@given(scenarios())
 def test_the_same_input_gives_the_same_plan_bytes(s: Scenario) -> None:
     """Determinism within a process: two plans encode to identical bytes."""
     assert msgspec.json.encode(_plan(s)) == msgspec.json.encode(_plan(s))
@@ -259,11 +327,7 @@ def test_the_same_input_gives_the_same_plan_bytes(s: Scenario) -> None:
 @given(scenarios())
 def test_the_objective_is_never_worse_than_first_fit_decreasing(s: Scenario) -> None:
     """The plan scores at least the greedy FFD answer on the same instance."""
-    idle = f.idle_unloads(s.state, s.now, CONFIG, s.busy)
-    fleet = build_fleet(
-        s.state, s.now, CONFIG, s.busy, gone=[(u.node_id, u.model_id) for u in idle]
-    )
-    assert round(_plan(s).objective * SCALE) >= objective(fleet, first_fit_decreasing(fleet))
+    assert round(_plan(s).objective * SCALE) >= ffd_objective(s)
 
 
 _PLAN_IN_SUBPROCESS = """
@@ -391,28 +455,3 @@ def test_urgent_unplaceable_means_no_admissible_node_could_hold_it(
         assert (
             vram + entry.vram_mb > node.vram_budget_mb or disk + entry.disk_mb > node.disk_budget_mb
         ), f"{node.node_id} could hold {model_id}: {out.reason}"
-
-
-@pytest.mark.parametrize("reason_part", ["needs", "policy", "backing off", "serving", "loading"])
-def test_unplaceable_reasons_are_reachable(reason_part: str) -> None:
-    """Each kind of refusal has a scenario that produces it (guards the wording)."""
-    b = FleetBuilder().model("x", 10_000).model("y", 12_000)
-    busy: dict[tuple[str, str], int] = {}
-    who = Requester(owner_id="u1")
-    match reason_part:
-        case "needs":
-            b.node("n1", vram_mb=8_000)
-        case "policy":
-            who = Requester(owner_id="u1", policy=KeyPolicy(regions=frozenset({"eu"})))
-            b.node("n1", region="us")
-        case "backing off":
-            b.node("n1").fail("n1", "x")
-        case "serving":
-            b.node("n1", vram_mb=12_000, loaded=["y"])
-            busy = {("n1", "y"): 1}
-        case _:
-            b.node("n1", vram_mb=12_000)
-            b.pending("n1", "y")
-    out = place_urgently(b.state, "x", who, b.now, CONFIG, busy)
-    assert isinstance(out, Unplaceable)
-    assert reason_part in out.reason

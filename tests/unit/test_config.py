@@ -19,8 +19,11 @@ def test_defaults_use_the_per_user_data_dir_and_embedded_postgres() -> None:
 
 def test_environment_then_flags_win() -> None:
     """PORTEN_* variables override defaults, and non-None flags override variables."""
-    env = {"PORTEN_DATA_DIR": "/srv/porten", "PORTEN_PORT": "9000",
-           "PORTEN_DATABASE_URL": "postgresql://db/porten"}
+    env = {
+        "PORTEN_DATA_DIR": "/srv/porten",
+        "PORTEN_PORT": "9000",
+        "PORTEN_DATABASE_URL": "postgresql://db/porten",
+    }
     s = Settings.from_env(env, port=None, data_dir="/tmp/elsewhere")
     assert s.port == 9000
     assert s.data_dir == Path("/tmp/elsewhere")
@@ -28,8 +31,9 @@ def test_environment_then_flags_win() -> None:
     assert not s.embedded
 
 
-@pytest.mark.parametrize(("name", "value"), [("PORTEN_PORT", "eighty"),
-                                             ("PORTEN_LOG_FORMAT", "xml")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("PORTEN_PORT", "eighty"), ("PORTEN_LOG_FORMAT", "xml")]
+)
 def test_a_bad_setting_names_the_variable(name: str, value: str) -> None:
     """A value porten cannot use is refused with the variable's name in the message."""
     with pytest.raises(ConfigError, match=name):

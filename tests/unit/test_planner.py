@@ -6,7 +6,15 @@ import msgspec
 import pytest
 
 from porten.scheduler import _cpsat, _neighbourhood, planner
-from porten.scheduler._fleet import SCALE, Changes, build_fleet, feasible, objective
+from porten.scheduler._fleet import (
+    SCALE,
+    Changes,
+    advance,
+    build_fleet,
+    compose,
+    feasible,
+    objective,
+)
 from porten.scheduler.apply import apply_plan
 from porten.scheduler.ffd import first_fit_decreasing
 from porten.scheduler.plan import Busy, Plan, PlannerConfig
@@ -238,7 +246,7 @@ def test_when_cp_sat_finds_nothing_the_plan_falls_back_to_ffd(
     b: FleetBuilder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An UNKNOWN from the solver still gives a plan: first-fit-decreasing's, labelled so."""
-    monkeypatch.setattr(_cpsat, "solve", lambda *a: ("unknown", None))
+    monkeypatch.setattr(_cpsat, "solve", lambda *a, **kw: _cpsat.Solved("unknown", None, 0.0))
     b.node("n1").rate("a", 1.0)
     p = plan(b)
     assert (loads(p), p.solver) == ([("n1", "a")], "first-fit-decreasing (cp-sat unknown)")
@@ -270,3 +278,52 @@ def test_tidy_drops_worthless_loads_and_restores_unloads_that_fit(b: FleetBuilde
     tidied = planner.tidy(fleet, sloppy)
     assert tidied == Changes()
     assert objective(fleet, tidied) > objective(fleet, sloppy)
+
+
+def test_composing_rounds_cancels_what_a_later_round_undoes() -> None:
+    """A load undone later was never needed; an unload undone later never happened."""
+    first = Changes(unloads=frozenset({("n2", "b")}), loads=frozenset({("n1", "a")}))
+    then = Changes(
+        unloads=frozenset({("n1", "a"), ("n4", "d")}), loads=frozenset({("n2", "b"), ("n3", "c")})
+    )
+    assert compose(first, then) == Changes(
+        unloads=frozenset({("n4", "d")}), loads=frozenset({("n3", "c")})
+    )
+
+
+def test_advancing_the_problem_makes_new_placements_ready_and_evictable(b: FleetBuilder) -> None:
+    """After a round, its loads are evictable, on disk and counted; its unloads are gone."""
+    b.node("n1", loaded=["a"]).node("n2").rate("a", 0.3).rate("b", 0.3)
+    b.fail("n2", "b")
+    fleet = build_fleet(b.state, b.now + 60.0, CONFIG, {})
+    after = advance(
+        fleet, Changes(unloads=frozenset({("n1", "a")}), loads=frozenset({("n2", "b")}))
+    )
+    n1, n2 = after.nodes
+    assert (n1.evictable, n2.evictable, n2.blocked) == ((), ("b",), frozenset())
+    assert "b" in n2.on_disk
+    assert (after.models["a"].replicas, after.models["b"].replicas) == (0, 1)
+
+
+def test_a_neighbourhood_too_narrow_for_one_round_takes_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rounds repeat from the improved placement until one gains nothing; then it rests.
+
+    With one candidate per short model and no moves, the first round can only
+    shed the 20 GB model from the node that shrank to 10 GB; the second sees it
+    short and swaps it with the small model on the 20 GB node.
+    """
+    monkeypatch.setattr(_neighbourhood, "WHOLE_PROBLEM_PAIRS", 0)
+    monkeypatch.setattr(_neighbourhood, "MAX_CANDIDATES", 1)
+    monkeypatch.setattr(_neighbourhood, "MOVER_CANDIDATES", 0)
+    b = FleetBuilder().model("big", vram_mb=20_000).model("small", vram_mb=5_000)
+    b.node("n0", vram_mb=20_000, loaded=["small"]).node("n1", vram_mb=10_000, loaded=["big"])
+    b.rate("big", 3.0).rate("small", 7.0)
+    p = plan(b)
+    assert p.solver == "cp-sat optimal (neighbourhood, 2 rounds)"
+    assert (loads(p), unloads(p)) == (
+        [("n0", "big"), ("n1", "small")],
+        [("n0", "small", "evicted"), ("n1", "big", "evicted")],
+    )
+    assert planner.plan(apply_plan(b.state, p, b.now), b.now, CONFIG, {}).empty

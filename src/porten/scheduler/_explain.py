@@ -95,7 +95,8 @@ def _pinned(state: FleetState, entry: CatalogEntry, nodes: Sequence[NodeState], 
     """Why no node has room even after evicting everything evictable ("" if one has)."""
     serving: list[str] = []
     for n in nodes:
-        keep = [m for m in n.placements if m not in f.evictable(n, busy)]
+        evictable = set(f.evictable(n, busy))
+        keep = [m for m in n.placements if m not in evictable]
         vram = f.memory_vram_mb(state, n, keep) + entry.vram_mb
         disk = sum(c.entry.disk_mb for m in keep if (c := state.catalog.get(m))) + entry.disk_mb
         if vram <= n.vram_budget_mb and disk <= n.disk_budget_mb:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from porten.domain.state import FleetState, NodeState
 from porten.scheduler import filters as f
@@ -100,6 +100,16 @@ class Fleet:
     unload_cost: int
     load_cost_on_disk: int
     load_cost_download: int
+    #: Nodes by id, and the nodes whose evictable placements alone exceed their room.
+    by_id: Mapping[str, NodeTerm] = field(init=False, repr=False, compare=False)
+    over_room: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_id = {n.node_id: n for n in self.nodes}
+        object.__setattr__(self, "by_id", by_id)
+        used = usage(self, Changes(), by_id)
+        over = (n for n, (v, d) in used.items() if v > by_id[n].vram_room or d > by_id[n].disk_room)
+        object.__setattr__(self, "over_room", frozenset(over))
 
     def load_cost(self, node: NodeTerm, model_id: str) -> int:
         """Loading from local disk is cheaper than downloading first."""
@@ -214,10 +224,13 @@ def _disk(state: FleetState, model_id: str) -> int:
 def _eligible_counts(
     state: FleetState, nodes: tuple[NodeTerm, ...], models: list[str], removed: frozenset[Pair]
 ) -> dict[str, int]:
-    """Per model, the online nodes that hold it or could load it (the replica cap).
+    """Per model, the nodes that could ever serve it: the cap on its replicas.
 
-    Nodes are grouped by budgets first, so this costs models x budget classes,
-    not models x nodes.
+    Those are provisionable nodes whose budgets fit it — back-off passes, so it
+    does not lower the cap — and the other online nodes serving it (fixed-set
+    nodes). Nothing here depends on what the planner may change, so applying a
+    plan never moves the cap. Nodes are grouped by budgets first, so this
+    costs models x budget classes, not models x nodes.
     """
     by_budget = Counter((n.vram_budget, n.disk_budget) for n in nodes)
     planner_ids = {n.node_id for n in nodes}
@@ -225,17 +238,7 @@ def _eligible_counts(
     for m in models:
         e = state.catalog[m].entry
         counts[m] = sum(k for (v, d), k in by_budget.items() if e.vram_mb <= v and e.disk_mb <= d)
-    for n in nodes:
-        for m in n.blocked | n.present:
-            if m not in counts:
-                continue
-            e = state.catalog[m].entry
-            fits = e.vram_mb <= n.vram_budget and e.disk_mb <= n.disk_budget
-            if fits and m in n.blocked and m not in n.present:
-                counts[m] -= 1  # it would fit, but loads of it back off here
-            elif not fits and m in n.present:
-                counts[m] += 1  # it holds it although the budget shrank below its size
-    for node in state.nodes.values():  # fixed-set and other nodes serving it count too
+    for node in state.nodes.values():
         if node.online and node.node_id not in planner_ids:
             for m in node.placements:
                 if m in counts and (node.node_id, m) not in removed:
@@ -309,37 +312,35 @@ def objective(fleet: Fleet, changes: Changes) -> int:
     """Scaled value of the demand served after ``changes``, less what the churn costs."""
     counts = counts_after(fleet, changes)
     value = sum(t.value_of(counts[m]) for m, t in fleet.models.items())
-    by_id = {n.node_id: n for n in fleet.nodes}
-    load = sum(fleet.load_cost(by_id[n], m) for n, m in changes.loads)
+    load = sum(fleet.load_cost(fleet.by_id[n], m) for n, m in changes.loads)
     return value - fleet.unload_cost * len(changes.unloads) - load
 
 
-def usage(fleet: Fleet, node: NodeTerm, changes: Changes) -> tuple[int, int]:
-    """(VRAM, disk) the evictable and new placements on ``node`` take after ``changes``."""
-    kept = [m for m in node.evictable if (node.node_id, m) not in changes.unloads]
-    new = [m for n, m in changes.loads if n == node.node_id]
-    models = [fleet.models[m] for m in (*kept, *new)]
-    return sum(t.vram for t in models), sum(t.disk for t in models)
+def usage(fleet: Fleet, changes: Changes, node_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Per node, the (VRAM, disk) its evictable and new placements take after ``changes``."""
+    new: dict[str, list[str]] = {}
+    for node_id, m in changes.loads:
+        new.setdefault(node_id, []).append(m)
+    out: dict[str, tuple[int, int]] = {}
+    for node_id in node_ids:
+        node = fleet.by_id[node_id]
+        kept = [m for m in node.evictable if (node_id, m) not in changes.unloads]
+        models = [fleet.models[m] for m in (*kept, *new.get(node_id, ()))]
+        out[node_id] = (sum(t.vram for t in models), sum(t.disk for t in models))
+    return out
 
 
 def feasible(fleet: Fleet, changes: Changes) -> bool:
     """Whether ``changes`` keep every node within its room and load only where allowed."""
-    by_id = {n.node_id: n for n in fleet.nodes}
+    by_id = fleet.by_id
     for n, m in changes.unloads:
         if n not in by_id or m not in by_id[n].evictable:
             return False
     for n, m in changes.loads:
         if n not in by_id or m not in fleet.models or not fleet.may_load(by_id[n], fleet.models[m]):
             return False
-    touched = {n for n, _ in changes.loads} | {n.node_id for n in fleet.nodes if _over(fleet, n)}
-    for node_id in sorted(touched):
-        node = by_id[node_id]
-        vram, disk = usage(fleet, node, changes)
-        if vram > node.vram_room or disk > node.disk_room:
+    touched = sorted({n for n, _ in changes.loads} | fleet.over_room)
+    for node_id, (vram, disk) in usage(fleet, changes, touched).items():
+        if vram > by_id[node_id].vram_room or disk > by_id[node_id].disk_room:
             return False
     return True
-
-
-def _over(fleet: Fleet, node: NodeTerm) -> bool:
-    vram, disk = usage(fleet, node, Changes())
-    return vram > node.vram_room or disk > node.disk_room

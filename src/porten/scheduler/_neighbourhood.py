@@ -9,11 +9,11 @@ the solver gets a neighbourhood instead:
 * the models short of the replicas their demand wants, each with its best
   candidate nodes — a few where it fits in free room now (weights on disk
   first, then the tightest fit) and a few where evicting the cheapest
-  placements makes room (least value lost first) — ``missing + 2`` of
-  each, at most 16, ties to the lowest node id. Identical nodes rank identically, so a
-  class of interchangeable nodes contributes only its first few members:
-  that is the aggregation, and no optimum needs more of them than replicas
-  are missing;
+  placements makes room (least value lost first) — ``missing + 2`` of each,
+  at most 16, ties to the lowest node id. Interchangeable nodes (same room,
+  same placements, same weights on disk) rank identically, so a class of
+  them contributes its first few members instead of all of them: the
+  aggregation DESIGN-NOTES asks for, done by ranking rather than counting;
 * every node the first-fit-decreasing hint touches and every node over its
   room, so the hint is a complete, feasible solution of the neighbourhood
   (CP-SAT can only improve on it);
@@ -55,16 +55,30 @@ class SubProblem:
     whole: bool
 
 
-def neighbourhood(fleet: Fleet, hint: Changes) -> SubProblem:
-    """What the solver decides for ``fleet``, given the greedy ``hint`` (see the module doc)."""
+def is_whole(fleet: Fleet) -> bool:
+    """Whether ``fleet`` is small enough to go to the solver whole."""
+    wanted = sum(1 for t in fleet.models.values() if t.values)
+    return len(fleet.nodes) * wanted <= WHOLE_PROBLEM_PAIRS
+
+
+def neighbourhood(
+    fleet: Fleet,
+    hint: Changes,
+    start: Packing | None = None,
+    costs: EvictionCosts | None = None,
+) -> SubProblem:
+    """What the solver decides for ``fleet``, given the greedy ``hint`` (see the module doc).
+
+    ``start`` (the packing of ``fleet`` as it is) and ``costs`` (following it)
+    save rebuilding them when the caller has them; neither is changed.
+    """
     wanted = [t for t in fleet.models.values() if t.values]
-    if len(fleet.nodes) * len(wanted) <= WHOLE_PROBLEM_PAIRS:
+    if is_whole(fleet):
         return _whole(fleet, wanted)
-    p = Packing(fleet)
-    costs = p.eviction_costs()
+    p = start or Packing(fleet)
+    costs = costs or p.eviction_costs()
     index = {n.node_id: i for i, n in enumerate(fleet.nodes)}
-    nodes = {index[n] for n, _ in hint.unloads | hint.loads}
-    nodes |= {i for i in range(len(fleet.nodes)) if p.free_v[i] < 0 or p.free_d[i] < 0}
+    nodes = {index[n] for n, _ in hint.unloads | hint.loads} | {index[n] for n in fleet.over_room}
     loads = {(index[n], m) for n, m in hint.loads}
     for t in wanted:
         missing = t.desired - t.replicas

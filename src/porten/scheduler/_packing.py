@@ -8,6 +8,7 @@ vectorised comparison over the fleet, not a Python loop.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -35,13 +36,6 @@ class Packing:
             [n.disk_room - sum(models[m].disk for m in n.evictable) for n in fleet.nodes],
             dtype=np.int64,
         )
-        #: Room held by evictable placements still kept: what eviction could give back.
-        self.kept_v: Ints = np.array(
-            [sum(models[m].vram for m in n.evictable) for n in fleet.nodes], dtype=np.int64
-        )
-        self.kept_d: Ints = np.array(
-            [sum(models[m].disk for m in n.evictable) for n in fleet.nodes], dtype=np.int64
-        )
         self.budget_v: Ints = np.array([n.vram_budget for n in fleet.nodes], dtype=np.int64)
         self.budget_d: Ints = np.array([n.disk_budget for n in fleet.nodes], dtype=np.int64)
         self.unloads: set[Pair] = set()
@@ -51,6 +45,16 @@ class Packing:
         for i, n in enumerate(fleet.nodes):
             for m in sorted(n.on_disk):
                 self.disk_nodes.setdefault(m, []).append(i)
+
+    def copy(self) -> Packing:
+        """An independent copy to change (the fleet and the disk index are shared, read-only)."""
+        other = copy.copy(self)
+        other.counts = dict(self.counts)
+        other.kept = [list(k) for k in self.kept]
+        other.added = [set(a) for a in self.added]
+        other.free_v, other.free_d = self.free_v.copy(), self.free_d.copy()
+        other.unloads, other.loads = set(self.unloads), set(self.loads)
+        return other
 
     def loss(self, model_id: str) -> int:
         """Value lost by unloading one replica of ``model_id``, plus the unload itself."""
@@ -67,8 +71,6 @@ class Packing:
         self.kept[i].remove(model_id)
         self.free_v[i] += t.vram
         self.free_d[i] += t.disk
-        self.kept_v[i] -= t.vram
-        self.kept_d[i] -= t.disk
         self.counts[model_id] -= 1
         self.unloads.add((self.fleet.nodes[i].node_id, model_id))
 
@@ -109,17 +111,6 @@ class Packing:
             return None
         return lost, victims
 
-    def could_reclaim(self, t: ModelTerm) -> list[int]:
-        """Nodes where ``t`` fits the budgets and the room, once every evictable one is gone."""
-        mask = (
-            (self.free_v + self.kept_v >= t.vram)
-            & (self.free_d + self.kept_d >= t.disk)
-            & (self.budget_v >= t.vram)
-            & (self.budget_d >= t.disk)
-        )
-        found: list[int] = np.flatnonzero(mask).tolist()
-        return found
-
     def fit_mask(self, t: ModelTerm) -> npt.NDArray[np.bool_]:
         """Per node, whether there is free room (and budget) for ``t`` as things stand."""
         return (
@@ -144,12 +135,26 @@ class EvictionCosts:
 
     def __init__(self, p: Packing) -> None:
         self.p = p
-        orders = [p.victims(i) for i in range(len(p.fleet.nodes))]
-        self.width = 1 + max((len(o) for o in orders), default=0)
-        rows = [self._row(o) for o in orders]
-        self.vram: Ints = np.array([r[0] for r in rows], dtype=np.int64).reshape(-1, self.width)
-        self.disk: Ints = np.array([r[1] for r in rows], dtype=np.int64).reshape(-1, self.width)
-        self.loss: Ints = np.array([r[2] for r in rows], dtype=np.int64).reshape(-1, self.width)
+        models = sorted(p.fleet.models)  # so a model's rank orders like its id
+        rank = {m: r for r, m in enumerate(models)}
+        terms = [p.fleet.models[m] for m in models]
+        vram = np.array([t.vram for t in terms], dtype=np.int64)
+        disk = np.array([t.disk for t in terms], dtype=np.int64)
+        loss = np.array([p.loss(m) for m in models], dtype=np.int64)
+        node = np.array([i for i, kept in enumerate(p.kept) for _ in kept], dtype=np.int64)
+        model = np.array([rank[m] for kept in p.kept for m in kept], dtype=np.int64)
+        # Each node's victims cheapest first — (loss, larger first, id), as Packing.victims —
+        # then their position in that order, and prefix sums along each row.
+        order = np.lexsort((model, -vram[model], loss[model], node))
+        node, model = node[order], model[order]
+        per_node = np.bincount(node, minlength=len(p.kept))
+        self.width = 1 + int(per_node.max(initial=0))
+        column = np.arange(len(node)) - np.repeat(np.cumsum(per_node) - per_node, per_node) + 1
+        shape = (len(p.kept), self.width)
+        self.vram, self.disk, self.loss = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+        for matrix, values in ((self.vram, vram), (self.disk, disk), (self.loss, loss)):
+            matrix[node, column] = values[model]
+            np.cumsum(matrix, axis=1, out=matrix)
 
     def _row(self, order: list[str]) -> tuple[list[int], list[int], list[int]]:
         """Prefix sums of one node's victims. Column 0 is "evict nothing"; padding adds
@@ -164,6 +169,13 @@ class EvictionCosts:
             sums([models[m].disk for m in order]),
             sums([self.p.loss(m) for m in order]),
         )
+
+    def copy_for(self, p: Packing) -> EvictionCosts:
+        """These costs, following ``p`` (a copy of the packing they were computed on)."""
+        other = copy.copy(self)
+        other.p = p
+        other.vram, other.disk, other.loss = self.vram.copy(), self.disk.copy(), self.loss.copy()
+        return other
 
     def refresh(self, i: int) -> None:
         """Recompute node ``i``'s row after its placements changed.

@@ -25,11 +25,18 @@ from porten.scheduler._packing import EvictionCosts, Packing
 VERIFIED_CANDIDATES = 8
 
 
-def first_fit_decreasing(fleet: Fleet) -> Changes:
-    """A feasible improvement of the current placement, greedily (see the module docstring)."""
-    p = Packing(fleet)
-    shed(p)
-    costs: EvictionCosts | None = None
+def first_fit_decreasing(
+    fleet: Fleet, start: Packing | None = None, costs: EvictionCosts | None = None
+) -> Changes:
+    """A feasible improvement of the current placement, greedily (see the module docstring).
+
+    ``start`` (the packing of ``fleet`` as it is) and ``costs`` (following it)
+    save rebuilding them when the caller has them; both are changed.
+    """
+    p = start or Packing(fleet)
+    for shed_node in shed(p):
+        if costs is not None:
+            costs.refresh(shed_node)
     stuck: set[str] = set()
     for t in _replicas_wanted(fleet, p.counts):
         value = t.marginal(p.counts[t.model_id] + 1)
@@ -48,15 +55,15 @@ def first_fit_decreasing(fleet: Fleet) -> Changes:
     return p.changes()
 
 
-def shed(p: Packing) -> None:
-    """Unload the least valuable evictable placements from nodes over their room."""
-    for i in range(len(p.fleet.nodes)):
-        if p.free_v[i] >= 0 and p.free_d[i] >= 0:
-            continue
+def shed(p: Packing) -> list[int]:
+    """Unload the least valuable evictable placements from nodes over their room; those nodes."""
+    over = [int(i) for i in np.flatnonzero((p.free_v < 0) | (p.free_d < 0))]
+    for i in over:
         for m in p.victims(i):
             if p.free_v[i] >= 0 and p.free_d[i] >= 0:
                 break
             p.unload(i, m)
+    return over
 
 
 def _replicas_wanted(fleet: Fleet, counts: dict[str, int]) -> list[ModelTerm]:

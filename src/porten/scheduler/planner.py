@@ -1,14 +1,16 @@
 """The global planner: (fleet state, now, config, busy) → Plan, a pure and repeatable function.
 
-A round has three steps. Idle unloads first: ready models nobody asked for
-in a whole demand window leave provisionable nodes (filters.idle_unloads).
-Then demand-driven placement over what remains: the fleet is reduced to an
-integer problem (``_fleet``), first-fit-decreasing finds a greedy answer,
-CP-SAT improves on it over the whole problem or, on a large fleet, over the
-neighbourhood that could change (``_neighbourhood``, ``_cpsat``), and the
-best of "change nothing", FFD and CP-SAT by the one shared objective wins —
-so the plan is never worse than FFD's, and ties go to fewer changes. Last,
-each decision gets its reason in words.
+Idle unloads come first: ready models nobody asked for in a whole demand
+window leave provisionable nodes (``filters.idle_unloads``). Demand-driven
+placement works on what remains, reduced to an integer problem
+(``_fleet``), in rounds: first-fit-decreasing finds a greedy answer, CP-SAT
+improves on it — over the whole problem, or on a large fleet over the
+neighbourhood that could change (``_neighbourhood``, ``_cpsat``) — and the
+better of the two by the one shared objective wins, unless changing nothing
+scores as well. A neighbourhood round repeats from the placement it reached
+while it gains and the solver budget lasts. So the plan is never worse than
+FFD's, and ties go to fewer changes. Last, each decision gets its reason in
+words.
 
 The objective is served-demand value minus churn: a replica is worth the
 demand it serves (a first replica also its availability), an unload and a
@@ -24,6 +26,7 @@ scores at least as well as any change, and ties keep it).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 from porten.domain.state import FleetState
 from porten.scheduler import _cpsat, filters
@@ -41,7 +44,8 @@ from porten.scheduler._fleet import (
     objective,
     usage,
 )
-from porten.scheduler._neighbourhood import neighbourhood
+from porten.scheduler._neighbourhood import is_whole, neighbourhood
+from porten.scheduler._packing import Packing
 from porten.scheduler.ffd import first_fit_decreasing
 from porten.scheduler.plan import (
     Busy,
@@ -88,7 +92,9 @@ def decide(fleet: Fleet, config: PlannerConfig) -> tuple[str, Changes]:
         step_label, step, work, whole = _round(current, config, budget)
         budget -= work
         candidate = compose(total, step)
-        if not step.size or objective(fleet, candidate) <= objective(fleet, total):
+        # The first round is the best feasible answer (changing nothing may not be
+        # feasible: a node over its budget); a later one must raise the objective.
+        if not step.size or (rounds and objective(fleet, candidate) <= objective(fleet, total)):
             label = label or step_label
             break
         total, label, rounds = candidate, step_label, rounds + 1
@@ -100,25 +106,34 @@ def decide(fleet: Fleet, config: PlannerConfig) -> tuple[str, Changes]:
     return label, _prefer_current(fleet, total)
 
 
-def _round(fleet: Fleet, config: PlannerConfig, budget: float) -> tuple[str, Changes, float, bool]:
-    """One round: FFD, then CP-SAT from it; the better by the objective (ties: fewer changes).
+class _Round(NamedTuple):
+    label: str
+    #: None at all unless they beat changing nothing.
+    changes: Changes
+    #: Deterministic time the solver spent.
+    work: float
+    #: Whether the solver saw the whole problem (so no further round can gain).
+    whole: bool
 
-    (label, changes — none unless they beat changing nothing —, solver work, whether the
-    solver saw the whole problem).
-    """
-    greedy = tidy(fleet, first_fit_decreasing(fleet))
-    sub = neighbourhood(fleet, greedy)
+
+def _round(fleet: Fleet, config: PlannerConfig, budget: float) -> _Round:
+    """One round: FFD, then CP-SAT from it; the better by the objective (ties: fewer changes)."""
+    start = Packing(fleet)  # built once, for both FFD (a copy) and the neighbourhood
+    costs = None if is_whole(fleet) else start.eviction_costs()
+    mine = start.copy()
+    greedy = tidy(fleet, first_fit_decreasing(fleet, mine, costs and costs.copy_for(mine)))
+    sub = neighbourhood(fleet, greedy, start, costs)
     solved = _cpsat.solve(fleet, sub, greedy, seed=config.seed, budget=max(budget, 0.0))
     found = solved.changes
     if found is None or not feasible(fleet, found):
         label = f"first-fit-decreasing (cp-sat {solved.status})"
-        return label, _prefer_current(fleet, greedy), solved.work, sub.whole
+        return _Round(label, _prefer_current(fleet, greedy), solved.work, sub.whole)
     options = [
         (f"cp-sat {solved.status}" + ("" if sub.whole else " (neighbourhood)"), tidy(fleet, found)),
         ("first-fit-decreasing", greedy),
     ]
     label, best = max(options, key=lambda o: (objective(fleet, o[1]), -o[1].size))
-    return label, _prefer_current(fleet, best), solved.work, sub.whole
+    return _Round(label, _prefer_current(fleet, best), solved.work, sub.whole)
 
 
 def _prefer_current(fleet: Fleet, changes: Changes) -> Changes:
@@ -139,12 +154,7 @@ def _anything_to_decide(fleet: Fleet) -> bool:
     If neither, no change can raise the value and every change costs, so the
     current placement is optimal and the solver need not run.
     """
-    if any(t.replicas < t.desired for t in fleet.models.values()):
-        return True
-    return any(
-        (u := usage(fleet, n, Changes()))[0] > n.vram_room or u[1] > n.disk_room
-        for n in fleet.nodes
-    )
+    return bool(fleet.over_room) or any(t.replicas < t.desired for t in fleet.models.values())
 
 
 def tidy(fleet: Fleet, changes: Changes) -> Changes:
@@ -166,8 +176,8 @@ def _restore_unloads(fleet: Fleet, changes: Changes) -> Changes:
     """Keep every unloaded placement that fits back, the most valuable first."""
     unloads = set(changes.unloads)
     counts = counts_after(fleet, changes)
-    by_id = {n.node_id: n for n in fleet.nodes}
-    room = {n: usage(fleet, by_id[n], changes) for n, _ in unloads}
+    by_id = fleet.by_id
+    room = usage(fleet, changes, {n for n, _ in unloads})
 
     def value(p: Pair) -> tuple[int, Pair]:
         return (-fleet.models[p[1]].marginal(counts[p[1]] + 1), p)
@@ -186,7 +196,7 @@ def _drop_worthless_loads(fleet: Fleet, changes: Changes) -> Changes:
     """Drop loads whose replica adds no more value than the load costs, costliest first."""
     loads = set(changes.loads)
     counts = counts_after(fleet, changes)
-    by_id = {n.node_id: n for n in fleet.nodes}
+    by_id = fleet.by_id
 
     def cost(p: Pair) -> int:
         return fleet.load_cost(by_id[p[0]], p[1])
@@ -224,7 +234,7 @@ def _loads(fleet: Fleet, changes: Changes) -> tuple[LoadDecision, ...]:
     leaving: defaultdict[str, list[str]] = defaultdict(list)
     for node_id, m in sorted(changes.unloads):
         leaving[m].append(node_id)
-    by_id = {n.node_id: n for n in fleet.nodes}
+    by_id = fleet.by_id
     out = []
     for node_id, m in sorted(changes.loads):
         t = fleet.models[m]
