@@ -98,3 +98,18 @@ def test_second_hub_on_the_same_data_dir_is_refused(
     assert last.startswith("porten: error: another porten hub")
     assert f"pid {proc.pid}" in last
     assert _get(f"{url}/healthz") == {"status": "ok"}  # the first one is unharmed
+
+
+def test_up_json_prints_the_base_url_and_key_as_one_document(data_dir: Path) -> None:
+    """porten up --json prints {"base_url", "api_key"} instead of the two shell lines."""
+    proc = _start("up", "--data-dir", str(data_dir), "--port", "0", "--json")
+    try:
+        [line] = _read_lines(proc, 1, timeout=90)
+        doc = msgspec.json.decode(line)
+        assert set(doc) == {"base_url", "api_key"}
+        assert doc["base_url"].startswith("http://127.0.0.1:")
+        assert doc["api_key"].startswith("sk-porten-")
+        assert _get(doc["base_url"].removesuffix("/v1") + "/healthz") == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from porten.cli._common import run
-from porten.config import Settings
-from porten.logs import configure_logging
+from porten.cli._common import data_options, run, settings_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``agent`` and ``engine`` to the command line."""
     agent = sub.add_parser("agent", help="run this machine as a node of a hub")
     asub = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
-    run_p = asub.add_parser("run", help="connect to the hub and serve until interrupted")
+    run_p = asub.add_parser("run", parents=[data_options()],
+                            help="connect to the hub and serve until interrupted")
     run_p.add_argument("--hub-url", help="the hub (env PORTEN_HUB_URL)")
     run_p.add_argument("--engine", help="sim or openai (env PORTEN_ENGINE)")
     run_p.add_argument("--engine-url", help="the engine's base URL (env PORTEN_ENGINE_URL)")
@@ -32,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     engine = sub.add_parser("engine", help="run an engine on its own")
     esub = engine.add_subparsers(dest="engine_command", required=True, metavar="ENGINE")
-    sim = esub.add_parser("sim", help="the deterministic simulator as an OpenAI-compatible server")
+    sim = esub.add_parser("sim", parents=[data_options()],
+                          help="the deterministic simulator as an OpenAI-compatible server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8081)
     sim.add_argument("--models", default="", help="comma-separated catalog ids (default: all)")
@@ -42,24 +42,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.set_defaults(func=cmd_engine_sim)
 
 
-def _configure_logging() -> None:
-    hub = Settings.from_env()
-    configure_logging(hub.log_level, hub.log_format)
-
-
 def cmd_agent_run(args: argparse.Namespace) -> int:
     """Run the agent in the foreground (what ``porten agent service`` installs)."""
     from porten.agent.runner import run_agent
     from porten.agent.settings import AgentSettings
 
-    _configure_logging()
+    hub = settings_from(args)  # the shared flags: data dir, log level (and logging set up)
     models = None
     if args.engine_models is not None:
         models = tuple(m.strip() for m in args.engine_models.split(",") if m.strip())
     settings = AgentSettings.from_env(
         hub_url=args.hub_url, engine=args.engine, engine_url=args.engine_url,
         engine_models=models, vram_budget_mb=args.vram_budget_mb,
-        disk_budget_mb=args.disk_budget_mb,
+        disk_budget_mb=args.disk_budget_mb, data_dir=hub.data_dir,
     )
     run(run_agent(settings))
     return 0
@@ -71,7 +66,7 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     from porten.agent.engines.sim_server import run as run_sim
     from porten.domain.catalog import DEFAULT_CATALOG
 
-    _configure_logging()
+    settings_from(args)  # logging, from the shared flags and environment
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
     models = [SimModel.from_catalog(e) for e in DEFAULT_CATALOG if not wanted or e.id in wanted]
     models += [SimModel(id=m) for m in sorted(wanted - {e.id for e in DEFAULT_CATALOG})]

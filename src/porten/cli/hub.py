@@ -21,7 +21,7 @@ from aiohttp import web
 
 from porten.adapters.http.app import HUB, RELAY, create_app
 from porten.bootstrap import Hub, describe_database
-from porten.cli._common import data_options, run, settings_from
+from porten.cli._common import data_options, json_option, print_json, run, settings_from
 from porten.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.set_defaults(func=cmd_hub)
 
     up = sub.add_parser(
-        "up", parents=common,
+        "up", parents=[*common, json_option()],
         help="the hub and a local node on this machine, on embedded defaults",
     )
     up.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
@@ -63,7 +63,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the hub and a local sim node; print the base URL and an API key."""
     settings = settings_from(args, port=args.port)
-    run(serve(settings, local_node=True))
+    run(serve(settings, local_node=True, as_json=args.json))
     return 0
 
 
@@ -115,7 +115,7 @@ async def drain(hub: Hub) -> None:
             log.warning("requests still in flight after the drain timeout", requests=relay.active)
 
 
-async def serve(settings: Settings, *, local_node: bool = False) -> None:
+async def serve(settings: Settings, *, local_node: bool = False, as_json: bool = False) -> None:
     """Serve until SIGINT/SIGTERM, then drain requests and stop the hub's parts.
 
     The signal handlers stay installed until everything has stopped, so a
@@ -138,10 +138,13 @@ async def serve(settings: Settings, *, local_node: bool = False) -> None:
                 "  inference; real engines come with the agent's builtin/ollama/openai engines.\n"
                 "  Paste the two lines below into a shell; Ctrl-C stops everything.\n"
             )
-            sys.stdout.write(
-                f"export PORTEN_BASE_URL={url}/v1\nexport PORTEN_API_KEY={setup.api_key}\n"
-            )
-            sys.stdout.flush()
+            if as_json:
+                print_json({"base_url": f"{url}/v1", "api_key": setup.api_key})
+            else:
+                sys.stdout.write(
+                    f"export PORTEN_BASE_URL={url}/v1\nexport PORTEN_API_KEY={setup.api_key}\n"
+                )
+                sys.stdout.flush()
             await stop.wait()
             log.info("porten up stopping")
             await drain(hub)  # before the local node goes: it serves those requests
