@@ -17,7 +17,7 @@ report, and it should stay zero.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
+from typing import Final, Literal
 
 from porten.agent.engines.sim import download_time_s, generation_time_s, load_time_s
 from porten.domain import events as ev
@@ -180,17 +180,8 @@ class LoadMechanics:
         load_s = load_time_s(sim_node.profile, entry.vram_mb)
         total = entry.disk_mb * _MIB
         if download:
-            self.emit(
-                ev.LoadProgressed(
-                    at=now,
-                    actor=f"node:{node_id}",
-                    node_id=node_id,
-                    model_id=model_id,
-                    load_id=load_id,
-                    phase="downloading",
-                    total_bytes=total,
-                )
-            )
+            self._progress(now, node_id, model_id, load_id, phase="downloading", done=0,
+                           total=total)
             done = max(now, run.link_free_at) + download_time_s(sim_node.profile, entry.disk_mb)
             run.link_free_at = done
             self.metrics.downloads += 1
@@ -198,18 +189,8 @@ class LoadMechanics:
             load = Load(node_id, model_id, load_id, done + load_s)
             self.schedule(done, DOWNLOADED, load)
         else:
-            self.emit(
-                ev.LoadProgressed(
-                    at=now,
-                    actor=f"node:{node_id}",
-                    node_id=node_id,
-                    model_id=model_id,
-                    load_id=load_id,
-                    phase="loading",
-                    done_bytes=total,
-                    total_bytes=total,
-                )
-            )
+            self._progress(now, node_id, model_id, load_id, phase="loading", done=total,
+                           total=total)
             load = Load(node_id, model_id, load_id, now + load_s)
             self.schedule(now + load_s, READY, load)
         self.loading.setdefault(model_id, []).append(load)
@@ -220,19 +201,28 @@ class LoadMechanics:
         if load.cancelled:
             return
         total = self.entries[load.model_id].disk_mb * _MIB
+        self._progress(self.now, load.node_id, load.model_id, load.load_id, phase="loading",
+                       done=total, total=total)
+        self.schedule(load.ready_at, READY, load)
+
+    def _progress(
+        self,
+        at: float,
+        node_id: str,
+        model_id: str,
+        load_id: str,
+        *,
+        phase: Literal["downloading", "loading"],
+        done: int,
+        total: int,
+    ) -> None:
+        """Record a load's progress as the node's agent would report it."""
         self.emit(
             ev.LoadProgressed(
-                at=self.now,
-                actor=f"node:{load.node_id}",
-                node_id=load.node_id,
-                model_id=load.model_id,
-                load_id=load.load_id,
-                phase="loading",
-                done_bytes=total,
-                total_bytes=total,
+                at=at, actor=f"node:{node_id}", node_id=node_id, model_id=model_id,
+                load_id=load_id, phase=phase, done_bytes=done, total_bytes=total,
             )
         )
-        self.schedule(load.ready_at, READY, load)
 
     def loaded(self, load: Load) -> None:
         """The model is ready: its waiters join the node's queue in arrival order."""
