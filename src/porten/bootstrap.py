@@ -26,8 +26,11 @@ from porten.adapters.postgres.event_store import PostgresEventStore
 from porten.config import Settings, redact_url
 from porten.domain.events import NodeDisconnected
 from porten.scheduler.plan import PlannerConfig
+from porten.services.accounts import Accounts
+from porten.services.control import ControlLog
 from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
+from porten.services.keys import Keys
 from porten.services.loads import LoadCoordinator
 from porten.services.planning import PlannerLoop
 from porten.services.projection import FleetProjection
@@ -86,6 +89,9 @@ class Hub:
     planner: PlannerLoop
     #: (node, model) → requests open there right now; busy models are never evicted.
     in_flight: Counter[tuple[str, str]]
+    #: Accounts and keys over the log (the portal, the admin API and the CLI share them).
+    accounts: Accounts
+    keys: Keys
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -140,10 +146,13 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                 store=store, writer=writer, projection=projection, gateway=gateway,
                 config=config, busy=busy, clock=time.time,
             )
+            control = ControlLog(projection=projection, append=writer.append)
             hub = Hub(
                 settings=settings, store=store, writer=writer, projection=projection,
                 gateway=gateway, demand=demand, loads=loads, planner=planner,
                 in_flight=in_flight, server_secret=secret,
+                accounts=Accounts(log=control, clock=time.time),
+                keys=Keys(log=control, server_secret=secret, clock=time.time),
             )
             demand.start()
             planner.start()
