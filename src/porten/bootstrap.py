@@ -23,6 +23,7 @@ from porten.adapters.agent_gateway import AgentGateway, GatewayDeps
 from porten.adapters.data_dir import HubLock
 from porten.adapters.postgres.embedded import EmbeddedPostgres
 from porten.adapters.postgres.event_store import PostgresEventStore
+from porten.adapters.postgres.usage import PostgresUsage
 from porten.adapters.redis.limiter import RedisLimiter
 from porten.config import Settings, redact_url
 from porten.domain.events import NodeDisconnected
@@ -35,6 +36,7 @@ from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
 from porten.services.keys import Keys
 from porten.services.loads import LoadCoordinator
+from porten.services.metering import UsageQueries
 from porten.services.planning import PlannerLoop
 from porten.services.projection import FleetProjection
 from porten.services.writer import BatchingWriter
@@ -98,6 +100,8 @@ class Hub:
     admin: Admin
     #: Rate limits and budgets (shared through Redis when PORTEN_REDIS_URL is set).
     gate: Gate
+    #: Usage and earnings reports over the log.
+    usage: UsageQueries
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -163,6 +167,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                 accounts=Accounts(log=control, clock=time.time),
                 keys=Keys(log=control, server_secret=secret, clock=time.time),
                 admin=Admin(log=control, clock=time.time), gate=gate,
+                usage=PostgresUsage(store),
             )
             demand.start()
             planner.start()

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from porten import __version__
-from porten.adapters.http import public, v1
+from porten.adapters.http import admin, public, usage, v1
 from porten.adapters.http.context import echo_request_id, request_context, request_id_of
 from porten.adapters.http.errors import error_middleware
 from porten.adapters.http.hubkeys import HUB, RELAY, SETTINGS
@@ -87,5 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/public/v1/status", status)
     app.router.add_get("/agent/v1/connect", agent_connect)
     v1.add_routes(app)
+    usage.add_routes(app)
+    admin.add_routes(app)
     public.add_routes(app)
     return app

@@ -36,6 +36,11 @@ from porten.services.auth import Unauthenticated, authenticate
 log = structlog.get_logger(__name__)
 
 
+def authenticated_key(request: web.Request) -> KeyState:
+    """The active key the request's ``Authorization`` header names, or a 401."""
+    return _authenticate(request)
+
+
 def _authenticate(request: web.Request) -> KeyState:
     hub = request.app[HUB]
     try:
@@ -56,7 +61,7 @@ def _offered(state: FleetState, model_id: str) -> CatalogEntry:
 def _requester(key: KeyState, model_id: str) -> Requester:
     requester = Requester(owner_id=key.owner_id, policy=key.policy)
     if not model_allowed(requester, model_id):
-        raise errors.model_not_allowed(model_id, "this API key's policy does not allow it")
+        raise errors.model_not_allowed(model_id, "It is not among the models its policy allows.")
     return requester
 
 

@@ -153,6 +153,11 @@ class PostgresEventStore:
             await conn.close()
         return cls(await open_pool(url, max_size=pool_size), url)
 
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConn]:
+        """The connection pool, for read models that query the log with SQL (usage reports)."""
+        return self._pool
+
     async def aclose(self) -> None:
         """Stop listening and close every connection."""
         await self._listener.aclose()
