@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from porten import __version__
-from porten.cli import admin, agent, events, hub, sim
+from porten.cli import admin, agent, events, hub, sim, usage
 from porten.cli._common import CommandError
 
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.register(sub)
     sim.register(sub)
     admin.register(sub)
+    usage.register(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import attrs
 
+from porten.adapters.postgres.event_store import PostgresEventStore
 from porten.bootstrap import open_event_store
 from porten.config import Settings
 from porten.services.accounts import Accounts
@@ -36,6 +37,7 @@ def cli_actor() -> str:
 class CliControl:
     """The folded log, its accounts, and the server secret keys are hashed with."""
 
+    store: PostgresEventStore
     log: ControlLog
     accounts: Accounts
     server_secret: bytes = attrs.field(repr=False)
@@ -49,6 +51,7 @@ async def control(settings: Settings) -> AsyncIterator[CliControl]:
         await projection.catch_up()
         log = ControlLog(projection=projection, append=store.append)
         yield CliControl(
+            store=store,
             log=log,
             accounts=Accounts(log=log, clock=time.time),
             server_secret=load_server_secret(settings.data_dir, settings.secret),

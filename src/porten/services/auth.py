@@ -29,7 +29,7 @@ def bearer_token(headers: Sequence[str]) -> str:
     The scheme is case-insensitive (RFC 7235); anything else — no header,
     two headers, another scheme, an empty or space-containing token — is refused.
     """
-    if not headers:
+    if not headers or (len(headers) == 1 and not headers[0].strip()):
         raise Unauthenticated(
             "no API key: send it as 'Authorization: Bearer sk-porten-…'"
         )
