@@ -249,6 +249,6 @@ def _refusal(key: KeyState, limit: Limit, spent_nano: int) -> str:
         return (f"Rate limit exceeded: this API key allows {policy.tokens_per_min} tokens per "
                 "minute. Retry after the Retry-After delay.")
     budget = policy.budget_usd or 0.0
-    return (f"This API key's spending budget (${budget:.2f}) is used up or fully reserved by "
-            f"requests in flight (${usd(spent_nano):.4f} spent). Retry after the Retry-After "
+    return (f"This API key's spending budget (${budget:g}) is used up or fully reserved by "
+            f"requests in flight (${usd(spent_nano):.6f} spent). Retry after the Retry-After "
             "delay, or ask an operator to raise the budget.")
