@@ -31,6 +31,7 @@ from porten.scheduler.plan import PlannerConfig
 from porten.services.accounts import Accounts
 from porten.services.admin import Admin
 from porten.services.admission import Gate
+from porten.services.auth import Authenticator
 from porten.services.control import ControlLog
 from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
@@ -102,6 +103,8 @@ class Hub:
     gate: Gate
     #: Usage and earnings reports over the log.
     usage: UsageQueries
+    #: API keys to accounts, with a cache of tokens already verified.
+    authenticator: Authenticator
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -167,7 +170,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                 accounts=Accounts(log=control, clock=time.time),
                 keys=Keys(log=control, server_secret=secret, clock=time.time),
                 admin=Admin(log=control, clock=time.time), gate=gate,
-                usage=PostgresUsage(store),
+                usage=PostgresUsage(store), authenticator=Authenticator(secret),
             )
             demand.start()
             planner.start()

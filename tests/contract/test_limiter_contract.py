@@ -169,3 +169,24 @@ async def test_concurrent_requests_never_overspend_a_budget(
     admitted = [v for v in verdicts if v.allowed]
     assert len(admitted) == 14
     assert sum(v.reserved_nano for v in admitted) == 980
+
+
+async def test_a_lease_charges_several_requests_and_refunds_what_went_unused(
+    limiter: Limiter,
+) -> None:
+    """A lease of 4 of 6/min leaves 2; giving 3 back makes room for a lease of 5."""
+    assert (await limiter.admit(ask("a", requests_per_min=6, request_cost=4))).allowed
+    assert not (await limiter.admit(ask("b", requests_per_min=6, request_cost=3))).allowed
+    assert (await limiter.admit(ask("c", requests_per_min=6, request_cost=2))).allowed
+    assert not (await limiter.admit(ask("d", requests_per_min=6))).allowed
+    assert (await limiter.admit(ask("e", requests_per_min=6, refund_requests=3))).allowed
+    assert (await limiter.admit(ask("f", requests_per_min=6, request_cost=2))).allowed
+    assert not (await limiter.admit(ask("g", requests_per_min=6))).allowed
+
+
+async def test_token_refunds_never_move_the_allowance_past_full(limiter: Limiter) -> None:
+    """Refunding more than was charged leaves a full bucket, not a bigger one."""
+    assert (await limiter.admit(ask("a", tokens_per_min=100, tokens=10,
+                                    refund_tokens=1000))).allowed
+    assert (await limiter.admit(ask("b", tokens_per_min=100, tokens=90))).allowed
+    assert not (await limiter.admit(ask("c", tokens_per_min=100, tokens=5))).allowed

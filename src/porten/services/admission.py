@@ -2,7 +2,10 @@
 
 Every /v1 request passes the :class:`Gate` after authentication and before
 routing. A key with no rate limit and no budget costs nothing here: no
-limiter is asked. Otherwise one atomic limiter call checks requests/min,
+limiter is asked. With Redis, a key with rate limits and no budget is
+admitted from this hub's lease of its allowance (:mod:`porten.services.leases`:
+one Redis call per second's worth of requests, not per request). Otherwise
+one atomic limiter call checks requests/min,
 tokens/min (the prompt's estimate now, the rest when metered) and the
 budget (reserving the request's worst-case cost, or what is left, capping
 its completion to what that buys). The :class:`Admission` it returns is
@@ -45,7 +48,8 @@ from porten.domain.quota import (
 )
 from porten.domain.state import FleetState, KeyState
 from porten.domain.values import CatalogEntry
-from porten.services.ratelimit import Ask, Limit, Limiter, LocalLimiter, Settlement
+from porten.services.leases import RateLeases
+from porten.services.ratelimit import Ask, Limit, Limiter, LocalLimiter, Settlement, Verdict
 
 log = structlog.get_logger(__name__)
 
@@ -92,8 +96,10 @@ class Admission:
     reserved_nano: int = 0
     #: The completion limit to forward when the budget binds (None: as the client asked).
     completion_cap: int | None = None
-    #: The limiter that admitted it (None: the key has no limits, nothing to settle).
+    #: The limiter that admitted it (None: no limits, or a lease of this hub's).
     limiter: Limiter | None = None
+    #: Admitted from this hub's lease of the key's rates (see :mod:`porten.services.leases`).
+    leased: bool = False
     settled: bool = False
 
     def charge(self, node_id: str, prompt_tokens: int, completion_tokens: int) -> Charge:
@@ -113,9 +119,13 @@ class Admission:
         if self.settled:
             return
         self.settled = True
+        policy = self.key.policy
+        if self.leased:
+            self.gate.settle_leased(self.key.key_id, policy.tokens_per_min,
+                                    tokens_used - self.tokens_charged)
+            return
         if self.limiter is None:
             return
-        policy = self.key.policy
         settlement = Settlement(
             key_id=self.key.key_id, request_id=self.request_id, now=self.gate.clock(),
             tokens_per_min=policy.tokens_per_min, tokens_delta=tokens_used - self.tokens_charged,
@@ -135,6 +145,9 @@ class Gate:
     clock: Callable[[], float]
     local: LocalLimiter = attrs.field(factory=LocalLimiter)
     shared: Limiter | None = None
+    leases: RateLeases = attrs.field(factory=RateLeases)
+    #: Keys whose lease is being asked for, and whether it was granted.
+    _leasing: dict[str, asyncio.Future[bool]] = attrs.field(factory=dict)
     #: How long a reservation may stay unsettled (longer than any request may take).
     hold_s: float = 900.0
     _down_until: float = 0.0
@@ -161,27 +174,12 @@ class Gate:
             return admission
         ask = self._ask(key, request_id, entry, prompt_tokens=prompt_tokens,
                         completion_cap=completion_cap, completion=completion)
-        limiter: Limiter = self.local
-        if self.shared is not None and self.clock() >= self._down_until:
-            try:
-                verdict = await self.shared.admit(ask)
-                limiter = self.shared
-                if self._down:
-                    self._down = False
-                    log.info("shared rate limiter reachable again")
-            except Exception as exc:  # unreachable or too slow: decide without it
-                self._went_down(exc)
-                if policy.budget_usd is not None:
-                    raise LimitsUnavailable(RETRY_SHARED_S) from None
-                verdict = self.local.admit_now(ask)
-        elif self.shared is not None and policy.budget_usd is not None:
-            raise LimitsUnavailable(max(self._down_until - self.clock(), RETRY_SHARED_S))
-        else:
-            verdict = self.local.admit_now(ask)
+        verdict, limiter = await self._decide(ask, budgeted=policy.budget_usd is not None)
         if not verdict.allowed:
             raise Refused(verdict.limit, verdict.retry_after_s,
                           _refusal(key, verdict.limit, verdict.spent_nano))
         admission.limiter = limiter
+        admission.leased = limiter is None
         if policy.tokens_per_min is not None:  # GCRA charges at most a minute's allowance
             admission.tokens_charged = min(ask.tokens, policy.tokens_per_min)
         admission.reserved_nano = verdict.reserved_nano
@@ -190,6 +188,60 @@ class Gate:
             admission.completion_cap = affordable_tokens(verdict.reserved_nano - prompt_nano,
                                                          entry.price_out_per_m)
         return admission
+
+    async def _decide(self, ask: Ask, *, budgeted: bool) -> tuple[Verdict, Limiter | None]:
+        """The verdict and the limiter that gave it (None: this hub's lease of the key's rates)."""
+        if self.shared is None:
+            return self.local.admit_now(ask), self.local
+        if self.clock() < self._down_until:  # down a moment ago: do not wait on it again yet
+            if budgeted:
+                raise LimitsUnavailable(max(self._down_until - self.clock(), RETRY_SHARED_S))
+            return self.local.admit_now(ask), self.local
+        if not budgeted and self.leases.take(ask):
+            return Verdict(allowed=True), None
+        try:
+            verdict, limiter = await self._ask_shared(self.shared, ask, budgeted=budgeted)
+        except Exception as exc:  # unreachable or too slow: decide without it
+            self._went_down(exc)
+            if budgeted:
+                raise LimitsUnavailable(RETRY_SHARED_S) from None
+            return self.local.admit_now(ask), self.local
+        if self._down:
+            self._down = False
+            log.info("shared rate limiter reachable again")
+        return verdict, limiter
+
+    async def _ask_shared(self, shared: Limiter, ask: Ask, *, budgeted: bool
+                          ) -> tuple[Verdict, Limiter | None]:
+        """A lease covering ``ask`` if its rates can be sliced and allow it, else ``ask`` alone.
+
+        One lease per key is asked for at a time: concurrent requests of the key
+        wait for it and draw on it, rather than each leasing a slice of its own.
+        """
+        if budgeted:
+            return await shared.admit(ask), shared
+        while (pending := self._leasing.get(ask.key_id)) is not None:
+            granted = await asyncio.shield(pending)
+            if self.leases.take(ask):
+                return Verdict(allowed=True), None
+            if not granted:  # the allowance is short of a slice: ask for this request alone
+                return await shared.admit(ask), shared
+        lease = self.leases.lease_ask(ask)
+        if lease is None:
+            return await shared.admit(ask), shared
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._leasing[ask.key_id] = done
+        granted = False
+        try:
+            verdict = await shared.admit(lease)
+            if verdict.allowed:
+                self.leases.granted(lease, ask)
+                granted = True
+                return verdict, None
+        finally:
+            del self._leasing[ask.key_id]
+            done.set_result(granted)
+        return await shared.admit(ask), shared
 
     def _ask(self, key: KeyState, request_id: str, entry: CatalogEntry, *, prompt_tokens: int,
              completion_cap: int | None, completion: bool) -> Ask:
@@ -211,6 +263,16 @@ class Gate:
             tokens=prompt_tokens, budget_nano=budget, spent_nano=nano_usd(key.spent_usd),
             want_nano=want, least_nano=least, hold_s=self.hold_s,
         )
+
+    def settle_leased(self, key_id: str, tokens_per_min: int | None, delta: int) -> None:
+        """Charge a leased request's extra tokens to the lease; what it cannot cover, to Redis."""
+        if tokens_per_min is None or not delta:
+            return
+        excess = self.leases.settle_tokens(key_id, delta)
+        if excess > 0 and self.shared is not None:
+            self.background(self.settle_shared(self.shared, Settlement(
+                key_id=key_id, request_id="", now=self.clock(), tokens_per_min=tokens_per_min,
+                tokens_delta=excess)))
 
     async def settle_shared(self, limiter: Limiter, settlement: Settlement) -> None:
         """Settle in the shared limiter; if it is unreachable, the hold expires by itself."""

@@ -35,6 +35,11 @@ class Ask(msgspec.Struct, frozen=True, kw_only=True):
     now: float
     requests_per_min: int | None = None
     tokens_per_min: int | None = None
+    #: Requests charged against ``requests_per_min`` (more than one: a lease of several).
+    request_cost: int = 1
+    #: Unused units of an earlier lease, given back first (whatever the verdict).
+    refund_requests: int = 0
+    refund_tokens: int = 0
     #: Tokens charged against ``tokens_per_min`` now (the prompt's estimate; at most a
     #: minute's allowance is charged at admission, the rest at settlement).
     tokens: int = 0
@@ -113,9 +118,10 @@ class LocalLimiter:
     def admit_now(self, ask: Ask) -> Verdict:
         """:meth:`admit` without the coroutine (it never waits)."""
         req_tat = tok_tat = 0.0
+        self._refund(ask)
         if ask.requests_per_min is not None:
-            ok, req_tat, wait = gcra(self._requests.get(ask.key_id, 0.0), ask.now, 1,
-                                     ask.requests_per_min)
+            ok, req_tat, wait = gcra(self._requests.get(ask.key_id, 0.0), ask.now,
+                                     ask.request_cost, ask.requests_per_min)
             if not ok:
                 return Verdict(allowed=False, limit="requests", retry_after_s=wait)
         if ask.tokens_per_min is not None:
@@ -142,6 +148,12 @@ class LocalLimiter:
             budget.held += reserved
             budget.holds[ask.request_id] = (reserved, ask.now + ask.hold_s)
         return Verdict(allowed=True, reserved_nano=reserved, spent_nano=spent)
+
+    def _refund(self, ask: Ask) -> None:
+        for units, limit, tats in ((ask.refund_requests, ask.requests_per_min, self._requests),
+                                   (ask.refund_tokens, ask.tokens_per_min, self._tokens)):
+            if units > 0 and limit is not None and ask.key_id in tats:
+                tats[ask.key_id] = gcra_adjust(tats[ask.key_id], ask.now, -units, limit)
 
     async def settle(self, settlement: Settlement) -> None:
         """See :meth:`Limiter.settle`."""

@@ -31,7 +31,7 @@ from porten.domain.state import FleetState, KeyState
 from porten.domain.values import CatalogEntry
 from porten.scheduler.eligibility import Requester, model_allowed, node_admits
 from porten.services.admission import Admission
-from porten.services.auth import Unauthenticated, authenticate
+from porten.services.auth import Unauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +44,8 @@ def authenticated_key(request: web.Request) -> KeyState:
 def _authenticate(request: web.Request) -> KeyState:
     hub = request.app[HUB]
     try:
-        return authenticate(
-            hub.projection.state, hub.server_secret, request.headers.getall("Authorization", [])
+        return hub.authenticator(
+            hub.projection.state, request.headers.getall("Authorization", [])
         )
     except Unauthenticated as exc:
         raise errors.invalid_api_key(exc.reason) from None

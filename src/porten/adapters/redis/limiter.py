@@ -14,18 +14,21 @@ log's ``spent``). Time is the hub's clock, passed in: hubs are expected to
 be NTP-synchronised, and a few milliseconds of skew are nothing against a
 per-minute limit.
 
-Failures (connection refused, timeouts) surface as ``redis.RedisError`` or
-``OSError``; what a hub does then is :class:`~porten.services.admission.Gate`'s
+Calls go through :class:`~porten.adapters.redis.resp.RespClient` (one
+pipelined connection; see there why not redis-py). Failures (connection
+refused, timeouts) surface as ``ConnectionError``/``OSError`` or
+``TimeoutError``; what a hub does then is :class:`~porten.services.admission.Gate`'s
 decision, not this adapter's.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 import attrs
-import redis.asyncio as aioredis
 
+from porten.adapters.redis.resp import RespClient, RespError
 from porten.services.ratelimit import Ask, Limit, Settlement, Verdict
 
 #: Seconds budget state outlives its last use.
@@ -51,10 +54,17 @@ ADMIT: Final = _GCRA + """
 local now, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens, budget, spent_log = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local want, least, rid, hold_s = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
-local ttl = tonumber(ARGV[11])
+local ttl, req_cost = tonumber(ARGV[11]), tonumber(ARGV[12])
+local refunds = {{KEYS[1], tonumber(ARGV[13]), rpm}, {KEYS[2], tonumber(ARGV[14]), tpm}}
+for _, r in ipairs(refunds) do
+  if r[2] > 0 and r[3] > 0 then
+    local tat = tonumber(redis.call('GET', r[1]) or '0')
+    if tat > now then store_tat(r[1], now, math.max(now, tat - r[2] * period / r[3])) end
+  end
+end
 local req_tat, tok_tat
 if rpm > 0 then
-  local ok, tat, wait = gcra(KEYS[1], now, 1, rpm)
+  local ok, tat, wait = gcra(KEYS[1], now, req_cost, rpm)
   if not ok then return {0, 'requests', tostring(wait), '0', '0'} end
   req_tat = tat
 end
@@ -130,16 +140,33 @@ def _text(value: Any) -> str:
 
 
 @attrs.define
+class Script:
+    """A Lua script run by its SHA1 (``EVALSHA``), loaded on first use or after a flush."""
+
+    source: str
+    sha: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()  # noqa: S324 (Redis's id)
+
+    async def __call__(self, client: RespClient, keys: list[str], args: list[Any]) -> Any:
+        """Run it atomically on ``keys`` with ``args``."""
+        try:
+            return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await client.call("SCRIPT", "LOAD", self.source)
+        return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+@attrs.define
 class RedisLimiter:
     """:class:`~porten.services.ratelimit.Limiter` over one Redis shared by every hub."""
 
-    client: aioredis.Redis
-    _admit: Any = None
-    _settle: Any = None
-
-    def __attrs_post_init__(self) -> None:
-        self._admit = self.client.register_script(ADMIT)
-        self._settle = self.client.register_script(SETTLE)
+    client: RespClient
+    _admit: Script = attrs.field(factory=lambda: Script(ADMIT))
+    _settle: Script = attrs.field(factory=lambda: Script(SETTLE))
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.25) -> RedisLimiter:
@@ -148,26 +175,20 @@ class RedisLimiter:
         Short timeouts bound what a Redis outage adds to a request before the
         hub falls back (see :class:`~porten.services.admission.Gate`).
         """
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry_on_timeout=False, health_check_interval=0,
-        )
-        return cls(client)
+        return cls(RespClient.from_url(url, timeout_s=timeout_s))
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection."""
         await self.client.aclose()
 
     async def admit(self, ask: Ask) -> Verdict:
         """See :meth:`~porten.services.ratelimit.Limiter.admit`."""
-        req, tok, budget, holds, holdx = _keys(ask.key_id)
         allowed, limit, wait, reserved, spent = await self._admit(
-            keys=[req, tok, budget, holds, holdx],
-            args=[
-                repr(ask.now), ask.requests_per_min or 0, ask.tokens_per_min or 0, ask.tokens,
-                -1 if ask.budget_nano is None else ask.budget_nano, ask.spent_nano,
-                ask.want_nano, ask.least_nano, ask.request_id, repr(ask.hold_s), BUDGET_TTL_S,
-            ],
+            self.client, list(_keys(ask.key_id)),
+            [repr(ask.now), ask.requests_per_min or 0, ask.tokens_per_min or 0, ask.tokens,
+             -1 if ask.budget_nano is None else ask.budget_nano, ask.spent_nano,
+             ask.want_nano, ask.least_nano, ask.request_id, repr(ask.hold_s), BUDGET_TTL_S,
+             ask.request_cost, ask.refund_requests, ask.refund_tokens],
         )
         limit_name: Limit = _text(limit)  # type: ignore[assignment]
         return Verdict(
@@ -180,7 +201,7 @@ class RedisLimiter:
         s = settlement
         _, tok, budget, holds, holdx = _keys(s.key_id)
         await self._settle(
-            keys=[tok, budget, holds, holdx],
-            args=[repr(s.now), s.tokens_per_min or 0, s.tokens_delta, s.cost_nano,
-                  s.request_id, "1" if s.budgeted else "0", BUDGET_TTL_S],
+            self.client, [tok, budget, holds, holdx],
+            [repr(s.now), s.tokens_per_min or 0, s.tokens_delta, s.cost_nano, s.request_id,
+             "1" if s.budgeted else "0", BUDGET_TTL_S],
         )
