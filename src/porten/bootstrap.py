@@ -125,7 +125,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
         lock.acquire()  # one hub per embedded data dir
     try:
         async with open_event_store(settings) as store:
-            writer = BatchingWriter(store)
+            writer = BatchingWriter(store, linger_s=settings.event_linger_ms / 1000)
             await writer.start()
             projection = FleetProjection(store, snapshot_every=settings.snapshot_every)
             await projection.catch_up()
