@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from msgspec.structs import replace
 
 from porten.domain import events as ev
+from porten.domain._fold_accounts import ACCOUNT_HANDLERS
 from porten.domain.state import (
     DEMAND_HISTORY,
     EMPTY,
@@ -27,7 +28,6 @@ from porten.domain.state import (
     ModelDemand,
     NodeState,
     Placement,
-    UserState,
 )
 
 _E = TypeVar("_E", bound=ev.Event)
@@ -393,66 +393,7 @@ def _key_revoked(state: FleetState, e: ev.KeyRevoked) -> FleetState:
     )
 
 
-# --- accounts ------------------------------------------------------------------------------
-
-
-def _with_user(
-    state: FleetState, user_id: str, change: Callable[[UserState], UserState]
-) -> FleetState:
-    user = state.users.get(user_id)
-    if user is None:
-        return state
-    return replace(state, users=state.users.set(user_id, change(user)))
-
-
-@_on(ev.UserCreated)
-def _user_created(state: FleetState, e: ev.UserCreated) -> FleetState:
-    email = e.email.lower()
-    if e.user_id in state.users or email in state.users_by_email:
-        return state  # first come keeps the id and the email: a second claim is ignored
-    u = UserState(
-        user_id=e.user_id,
-        email=email,
-        name=e.name,
-        password_hash=e.password_hash,
-        role=e.role,
-        created_at=e.at,
-    )
-    return replace(
-        state,
-        users=state.users.set(e.user_id, u),
-        users_by_email=state.users_by_email.set(email, e.user_id),
-    )
-
-
-@_on(ev.UserPasswordChanged)
-def _user_password_changed(state: FleetState, e: ev.UserPasswordChanged) -> FleetState:
-    return _with_user(state, e.user_id, lambda u: replace(u, password_hash=e.password_hash))
-
-
-@_on(ev.UserRoleChanged)
-def _user_role_changed(state: FleetState, e: ev.UserRoleChanged) -> FleetState:
-    return _with_user(state, e.user_id, lambda u: replace(u, role=e.role))
-
-
-@_on(ev.UserDisabled)
-def _user_disabled(state: FleetState, e: ev.UserDisabled) -> FleetState:
-    return _with_user(
-        state, e.user_id, lambda u: u if u.disabled_at is not None else replace(u, disabled_at=e.at)
-    )
-
-
-@_on(ev.UserEnabled)
-def _user_enabled(state: FleetState, e: ev.UserEnabled) -> FleetState:
-    return _with_user(state, e.user_id, lambda u: replace(u, disabled_at=None))
-
-
-@_on(ev.UserNodeDefaultsSet)
-def _user_node_defaults(state: FleetState, e: ev.UserNodeDefaultsSet) -> FleetState:
-    return _with_user(
-        state, e.user_id,
-        lambda u: replace(u, node_region=e.region, node_trust_class=e.trust_class),
-    )
+_HANDLERS.update(ACCOUNT_HANDLERS)
 
 
 def _assert_total() -> None:
