@@ -92,7 +92,10 @@ async def test_migrations_are_idempotent(database_url: str) -> None:
 async def test_concurrent_migrations_apply_each_once(database_url: str) -> None:
     """Two hubs starting at once: the advisory lock lets exactly one apply each file."""
     results = await asyncio.gather(migrate(database_url), migrate(database_url))
-    assert sorted(results, key=len) == [[], ["0001_events", "0002_snapshots", "0003_usage_index"]]
+    # Each migration is its own locked transaction, so the two may share the work: what
+    # matters is that every migration was applied once, by one of them.
+    assert sorted(results[0] + results[1]) == ["0001_events", "0002_snapshots",
+                                               "0003_usage_index"]
 
 
 async def test_failed_migration_leaves_nothing_applied(database_url: str, tmp_path: Path) -> None:
