@@ -22,6 +22,13 @@ PRINTS_DATA = {
     "admin catalog disable",
     "admin catalog add",
     "admin catalog seed",
+    "admin create-user",
+    "admin users create",
+    "admin users list",
+    "admin users set-role",
+    "admin users disable",
+    "admin users enable",
+    "admin users node-defaults",
     "sim replay",
     "up",
 }
