@@ -455,6 +455,10 @@ def _user_node_defaults(state: FleetState, e: ev.UserNodeDefaultsSet) -> FleetSt
     )
 
 
+# Enrolment's handlers live in their own module; importing it registers them.
+from porten.domain import fold_enrolment  # noqa: E402, F401
+
+
 def _assert_total() -> None:
     """Every event type either has a handler or is deliberately state-free."""
     state_free = {ev.AdminActionTaken}
