@@ -33,6 +33,8 @@ from porten.services.admission import Gate
 from porten.services.control import ControlLog
 from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
+from porten.services.enrolment import DeviceFlow
+from porten.services.enrolment_tokens import EnrolmentTokens
 from porten.services.keys import Keys
 from porten.services.loads import LoadCoordinator
 from porten.services.planning import PlannerLoop
@@ -98,6 +100,9 @@ class Hub:
     admin: Admin
     #: Rate limits and budgets (shared through Redis when PORTEN_REDIS_URL is set).
     gate: Gate
+    #: Node enrolment: through the browser (RFC 8628) and with single-use tokens.
+    device_flow: DeviceFlow
+    enrolment_tokens: EnrolmentTokens
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -156,13 +161,18 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
             shared = RedisLimiter.from_url(settings.redis_url) if settings.redis_url else None
             gate = Gate(state=lambda: projection.state, clock=time.time, shared=shared,
                         hold_s=settings.request_timeout_s + 60.0)
+            accounts = Accounts(log=control, clock=time.time)
             hub = Hub(
                 settings=settings, store=store, writer=writer, projection=projection,
                 gateway=gateway, demand=demand, loads=loads, planner=planner,
                 in_flight=in_flight, server_secret=secret,
-                accounts=Accounts(log=control, clock=time.time),
+                accounts=accounts,
                 keys=Keys(log=control, server_secret=secret, clock=time.time),
                 admin=Admin(log=control, clock=time.time), gate=gate,
+                device_flow=DeviceFlow(log=control, accounts=accounts, server_secret=secret,
+                                       clock=time.time),
+                enrolment_tokens=EnrolmentTokens(log=control, accounts=accounts,
+                                                 server_secret=secret, clock=time.time),
             )
             demand.start()
             planner.start()

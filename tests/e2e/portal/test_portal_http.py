@@ -15,7 +15,7 @@ from porten.domain.values import CatalogEntry
 
 REPO = Path(__file__).resolve().parents[3]
 INJECTED = '<script>alert("pwned")</script>'
-PAGES = ("/", "/docs", "/docs/overview", "/build/playground")
+PAGES = ("/", "/docs", "/docs/overview", "/build/playground", "/signin")
 
 
 async def fetch(porten: Porten, path: str) -> tuple[int, dict[str, str], str]:
@@ -80,7 +80,7 @@ async def test_pages_carry_security_headers_and_no_inline_script(porten: Porten)
 
 async def test_the_csrf_cookie_is_http_only_and_same_site(porten: Porten) -> None:
     """The first page view sets porten_csrf with HttpOnly and SameSite=Lax (no Secure on http)."""
-    _, headers, _ = await fetch(porten, "/")
+    _, headers, _ = await fetch(porten, "/signin")
     cookie = headers["Set-Cookie"]
     assert cookie.startswith("porten_csrf=")
     assert "HttpOnly" in cookie

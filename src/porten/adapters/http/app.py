@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from porten import __version__
-from porten.adapters.http import portal, public, v1
+from porten.adapters.http import enrolment, portal, public, v1
 from porten.adapters.http.context import echo_request_id, request_context, request_id_of
 from porten.adapters.http.errors import error_middleware
 from porten.adapters.http.hubkeys import HUB, RELAY, SETTINGS
@@ -89,4 +89,5 @@ def create_app(settings: Settings) -> web.Application:
     v1.add_routes(app)
     public.add_routes(app)
     portal.add_routes(app)
+    enrolment.add_routes(app)
     return app

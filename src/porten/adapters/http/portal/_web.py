@@ -10,13 +10,14 @@ that slipped past escaping could not run — and the usual hardening headers.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlsplit
 
 import attrs
 import msgspec
 from aiohttp import web
+from multidict import MultiDict
 
 from porten.adapters.http.portal._session import (
     CSRF_COOKIE,
@@ -195,7 +196,26 @@ def same_origin(request: web.Request) -> bool:
     return parts.netloc == request.host and parts.scheme in ("http", "https")
 
 
-async def checked_form(request: web.Request) -> Mapping[str, str]:
+@attrs.frozen
+class Form:
+    """A posted form's text fields (files are ignored)."""
+
+    fields: MultiDict[str]
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of ``name``."""
+        return self.fields.get(name, default)
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of ``name`` (checkbox lists)."""
+        return list(self.fields.getall(name, []))
+
+    def longest(self) -> int:
+        """The length of the longest value (to refuse oversized fields up front)."""
+        return max((len(v) for v in self.fields.values()), default=0)
+
+
+async def checked_form(request: web.Request) -> Form:
     """The posted form, once its size, origin and CSRF token have been checked."""
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         raise FormRejected(413, f"The form is larger than {MAX_FORM_BYTES // 1024} KiB.")
@@ -205,7 +225,7 @@ async def checked_form(request: web.Request) -> Mapping[str, str]:
         raw = await request.post()
     except (ValueError, web.HTTPException):
         raise FormRejected(400, "The form could not be read.") from None
-    form = {k: v for k, v in raw.items() if isinstance(v, str)}
+    form = Form(MultiDict((k, v) for k, v in raw.items() if isinstance(v, str)))
     session = session_of(request)
     sid = session.session_id if isinstance(session, Session) else ""
     token = form.get(CSRF_FIELD)

@@ -3,8 +3,9 @@
 Everything shown is read from the folded fleet state, except the recent
 decisions, which are the log's own ``load_requested`` / ``model_unloaded``
 / ``load_failed`` events with the reasons the planner wrote. Enabling or
-disabling a catalog model appends the same events ``porten admin catalog``
-does — the change itself and an ``admin_action_taken`` naming the operator.
+disabling a catalog model goes through the same audited service as
+``porten admin catalog`` and the admin API: the change itself and an
+``admin_action_taken`` naming the operator, in one transaction.
 """
 
 from __future__ import annotations
@@ -170,17 +171,11 @@ async def catalog_change(request: web.Request) -> web.StreamResponse:
         return error_page(request, 400, "That model is not in the catalog.")
     if action not in ("enable", "disable"):
         return error_page(request, 400, "The action must be enable or disable.")
-    now, actor = request.app[PORTAL].clock(), f"user:{viewer.user_id}"
-    change: ev.AnyEvent = (
-        ev.ModelOffered(at=now, actor=actor, model=known.entry) if action == "enable"
-        else ev.ModelWithdrawn(at=now, actor=actor, model_id=model, reason="disabled in portal")
-    )
-    position = await hub.writer.append([
-        ev.AdminActionTaken(at=now, actor=actor, action=f"catalog.{action}", target=model,
-                            detail={"via": "portal"}),
-        change,
-    ])
-    await hub.projection.wait_until(position, timeout=30.0)
+    actor = f"user:{viewer.user_id}"
+    if action == "enable":
+        await hub.admin.enable_model(model, actor=actor)
+    else:
+        await hub.admin.disable_model(model, reason="disabled in the portal", actor=actor)
     changed = query_value(f"{model} {action}d")
     return web.Response(status=303, headers={"Location": f"/fleet?changed={changed}"})
 
