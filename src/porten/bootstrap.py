@@ -170,7 +170,8 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                 keys=Keys(log=control, server_secret=secret, clock=time.time),
                 admin=Admin(log=control, clock=time.time), gate=gate,
                 device_flow=DeviceFlow(log=control, accounts=accounts, server_secret=secret,
-                                       clock=time.time),
+                                       clock=time.time,
+                                       interval_s=max(1, settings.device_poll_interval_s)),
                 enrolment_tokens=EnrolmentTokens(log=control, accounts=accounts,
                                                  server_secret=secret, clock=time.time),
             )

@@ -72,6 +72,8 @@ class Settings:
     public_url: str | None = None
     #: How long a portal sign-in lasts.
     session_ttl_s: float = 12 * 3600.0
+    #: Seconds an agent waits between polls during ``porten agent login`` (RFC 8628 interval).
+    device_poll_interval_s: int = 5
     #: HMAC secret for API keys and node credentials (else ``<data_dir>/secret``).
     secret: str | None = attrs.field(default=None, repr=False)
 
@@ -104,6 +106,7 @@ class Settings:
         values["secret"] = env.get("PORTEN_SECRET") or None
         values["public_url"] = (env.get("PORTEN_PUBLIC_URL") or "").rstrip("/") or None
         values["session_ttl_s"] = float(_int(env, "PORTEN_SESSION_TTL_S", 12 * 3600))
+        values["device_poll_interval_s"] = _int(env, "PORTEN_DEVICE_POLL_INTERVAL_S", 5)
         for name, value in overrides.items():
             if value is not None:
                 values[name] = Path(value).expanduser() if name == "data_dir" else value

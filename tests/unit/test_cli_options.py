@@ -30,6 +30,8 @@ PRINTS_DATA = {
     "admin users enable",
     "admin users node-defaults",
     "sim replay",
+    "agent login",
+    "agent enroll",
     "up",
 }
 
