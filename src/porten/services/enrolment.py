@@ -198,7 +198,6 @@ class DeviceFlow:
         grant = state.device_grants.get(grant_id) if grant_id else None
         if grant is None or grant.device_code_hash != token_hash(self.server_secret, device_code):
             raise DeviceFlowError("invalid_grant", "unknown device code")
-        self._pace(grant, now)
         if grant.status == "redeemed":
             raise DeviceFlowError("invalid_grant", "this device code was already used")
         if grant.status == "denied":
@@ -207,6 +206,7 @@ class DeviceFlow:
         if expired:
             raise DeviceFlowError("expired_token", "the code expired before it was approved")
         if grant.status == "pending":
+            self._pace(grant, now)  # only waiting is paced: a decided grant answers at once
             raise DeviceFlowError("authorization_pending", "waiting for the owner to approve")
         return await self._redeem(grant, now)
 
