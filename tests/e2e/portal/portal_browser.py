@@ -85,8 +85,9 @@ class Tab:
 
     page: Any
     test_name: str
+    #: Screenshots taken in this test so far (shared by its tabs, so names never collide).
+    shots: list[int]
     errors: list[str] = attrs.field(factory=list)
-    shots: int = 0
 
     async def goto(self, url: str) -> Any:
         """Open ``url`` and wait for it to load."""
@@ -110,8 +111,8 @@ class Tab:
 
     async def shot(self, name: str) -> Path:
         """A full-page screenshot under the artefacts, numbered in the order taken."""
-        self.shots += 1
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.test_name}-{self.shots:02d}-{name}")
+        self.shots[0] += 1
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.test_name}-{self.shots[0]:02d}-{name}")
         path = artefacts_dir() / f"{safe}.png"
         await self.page.screenshot(path=str(path), full_page=True)
         return path
@@ -128,11 +129,12 @@ class Browser:
     context: Any
     test_name: str
     tabs: list[Tab] = attrs.field(factory=list)
+    shots: list[int] = attrs.field(factory=lambda: [0])
 
     async def tab(self, *, allow_errors: tuple[str, ...] = ()) -> Tab:
         """A new page; console errors matching none of ``allow_errors`` fail the test."""
         page = await self.context.new_page()
-        tab = Tab(page, self.test_name)
+        tab = Tab(page, self.test_name, self.shots)
 
         def on_console(message: Any) -> None:
             if message.type == "error" and not any(a in message.text for a in allow_errors):

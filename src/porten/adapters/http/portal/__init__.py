@@ -26,6 +26,7 @@ from porten.adapters.http.portal import (
     playground,
     signin,
     static_files,
+    usage,
 )
 from porten.adapters.http.portal._session import Sessions, derive_key
 from porten.adapters.http.portal._web import PORTAL, Portal
@@ -56,3 +57,4 @@ def add_routes(app: web.Application) -> None:
     keys.add_routes(app)
     device.add_routes(app)
     earn.add_routes(app)
+    usage.add_routes(app)
