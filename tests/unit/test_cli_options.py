@@ -31,6 +31,9 @@ PRINTS_DATA = {
     "admin users node-defaults",
     "sim replay",
     "agent login",
+    "admin enrol-token create",
+    "admin enrol-token list",
+    "admin enrol-token revoke",
     "agent enroll",
     "up",
 }

@@ -116,3 +116,30 @@ async def test_an_enrolment_token_works_once_from_the_command_line(
     assert err.decode() == (f"porten: error: this enrolment token was already used (it enrolled "
                             f"{node_id})\n")
     assert not node_file(tmp_path / "m2").exists()
+
+
+async def test_an_operator_mints_a_token_with_porten_admin(porten: Porten, tmp_path: Path) -> None:
+    """`porten admin enrol-token create` prints a token once that enrols a node of that owner."""
+    account = await create_account(porten, "ada@example.org")
+    settings = porten.hub.settings
+    assert settings.database_url is not None
+    admin_env = {**agent_env(settings.data_dir), "PORTEN_DATABASE_URL": settings.database_url}
+    mint = await porten_cli("admin", "enrol-token", "create", "ada@example.org", "--name",
+                            "rack 1", "--json", env=admin_env)
+    out, err = await mint.communicate()
+    assert mint.returncode == 0, err.decode()
+    minted = json.loads(out)
+    assert (minted["owner_id"], minted["name"]) == (account.user_id, "rack 1")
+    await porten.hub.projection.wait_until(await porten.hub.store.head(), 10.0)
+    enrol = await porten_cli("agent", "enroll", minted["token"], "--hub-url", porten.url,
+                             "--json", env=agent_env(tmp_path / "m1"))
+    out, err = await enrol.communicate()
+    assert enrol.returncode == 0, err.decode()
+    node_id = json.loads(out)["node_id"]
+    assert porten.hub.projection.state.nodes[node_id].owner_id == account.user_id
+    listing = await porten_cli("admin", "enrol-token", "list", "ada@example.org", "--json",
+                               env=admin_env)
+    out, _ = await listing.communicate()
+    [line] = [json.loads(x) for x in out.splitlines()]
+    assert (line["token_id"], line["node_id"]) == (minted["token_id"], node_id)
+    assert "token" not in line

@@ -198,3 +198,16 @@ async def test_expired_revoked_unknown_and_malformed_tokens_are_refused(porten: 
         assert (status, body) == (400, {"error": "invalid_grant", "error_description": reason})
     assert [n for n in porten.hub.projection.state.nodes.values()
             if n.owner_id == account.user_id] == []
+
+
+async def test_starting_too_many_enrolments_from_one_address_is_slowed_down(
+    porten: Porten,
+) -> None:
+    """Twenty starts per window per address; the next is a 429 slow_down saying when."""
+    for _ in range(20):
+        await start(porten)
+    status, body = await agent_post(porten, "/agent/v1/device/code", {"name": "flood"})
+    assert status == 429
+    assert body["error"] == "slow_down"
+    assert re.fullmatch(r"too many enrolment attempts from this address; retry in \d+ s",
+                        body["error_description"])

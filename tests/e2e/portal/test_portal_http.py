@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-from v1_harness import Porten
+import attrs
+from v1_harness import Porten, serving
 
 from porten.adapters.http.portal._web import CSP
+from porten.config import Settings
 from porten.domain import events as ev
 from porten.domain.values import CatalogEntry
 
@@ -87,6 +89,16 @@ async def test_the_csrf_cookie_is_http_only_and_same_site(porten: Porten) -> Non
     assert "SameSite=Lax" in cookie
     assert "Path=/" in cookie
     assert "Secure" not in cookie
+
+
+async def test_cookies_are_secure_when_the_portal_is_served_over_https(
+    settings: Settings,
+) -> None:
+    """With PORTEN_PUBLIC_URL on https, the portal's cookies carry Secure."""
+    https = attrs.evolve(settings, public_url="https://porten.example")
+    async with serving(https, preloaded=()) as porten:
+        _, headers, _ = await fetch(porten, "/signin")
+        assert "Secure" in headers["Set-Cookie"]
 
 
 async def test_a_script_injected_model_id_renders_as_text(porten: Porten) -> None:
