@@ -143,8 +143,10 @@ async def test_not_signed_in_goes_to_sign_in_and_back(porten: Porten) -> None:
         assert (page.status, page.location) == (303, "/signin?next=%2Ffleet")
         back = await client.sign_in("op@example.org", nxt="/fleet")
         assert back.location == "/fleet"
-        elsewhere = await client.sign_in("op@example.org", nxt="//evil.example/x")
-        assert elsewhere.location == "/build/keys"
+        for target in ("//evil.example/x", "/\t/evil.example", "https://evil.example",
+                       "/\\evil.example", "javascript:alert(1)"):
+            elsewhere = await client.sign_in("op@example.org", nxt=target)
+            assert elsewhere.location == "/build/keys", target
 
 
 async def test_fleet_pages_are_forbidden_to_non_operators(porten: Porten) -> None:

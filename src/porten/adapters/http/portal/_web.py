@@ -193,7 +193,9 @@ def same_origin(request: web.Request) -> bool:
     if origin is None:
         return True
     parts = urlsplit(origin)
-    return parts.netloc == request.host and parts.scheme in ("http", "https")
+    public = request.app[PORTAL].public_url
+    ours = {request.host} | ({urlsplit(public).netloc} if public else set())
+    return parts.netloc in ours and parts.scheme in ("http", "https")
 
 
 @attrs.frozen

@@ -52,7 +52,14 @@ def account_viewer(request: web.Request, user_id: str) -> Viewer | None:
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a local path, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if (
+        not target
+        or len(target) > 2000
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(c.isspace() or not c.isprintable() for c in target)  # "/\t/evil" is "//evil"
+    ):
         return DEFAULT_NEXT
     return target
 
