@@ -211,3 +211,22 @@ async def test_starting_too_many_enrolments_from_one_address_is_slowed_down(
     assert body["error"] == "slow_down"
     assert re.fullmatch(r"too many enrolment attempts from this address; retry in \d+ s",
                         body["error_description"])
+
+
+async def test_bad_token_forms_are_refused_with_the_reason(porten: Porten) -> None:
+    """An oversized name or a lifetime not offered is a 400 naming it; no token is minted."""
+    account = await create_account(porten, "ada@example.org")
+    async with signed_in(porten, "ada@example.org") as client:
+        long_name = await client.submit("/earn/add", "/earn/tokens", name="n" * 201,
+                                        ttl_s="3600")
+        assert (long_name.status, long_name.notice()) == (
+            400, "The token's name must be printable and at most 200 characters.")
+        odd_ttl = await client.submit("/earn/add", "/earn/tokens", name="x", ttl_s="999999999")
+        assert (odd_ttl.status, odd_ttl.notice()) == (
+            400, "Pick how long the token is valid from the list.")
+        injected = await client.submit("/earn/add", "/earn/tokens", name="<b>bold</b>",
+                                       ttl_s="3600")
+        assert injected.status == 200
+        listing = await client.get("/earn/add")
+        assert "<td>&lt;b&gt;bold&lt;/b&gt;</td>" in listing.text
+    assert len(porten.hub.enrolment_tokens.owned_by(account.user_id)) == 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import time
 
 from portal_harness import PASSWORD, create_account, portal_client, signed_in
-from v1_harness import CHAT, Porten
+from v1_harness import CHAT, SPARE, Porten
 
 from porten.adapters.http.portal._session import Sessions, derive_key
 from porten.domain import events as ev
@@ -171,6 +172,14 @@ async def test_an_operator_sees_the_fleet_and_changes_the_catalog(porten: Porten
         assert '<tr data-node="local">' in page.text
         assert f'<tr data-model="{CHAT}">' in page.text
         assert 'id="decisions"' in page.text
+        cold = await porten.post("/v1/chat/completions", {
+            "model": SPARE, "messages": [{"role": "user", "content": "wake up"}]})
+        assert cold.status == 200, cold.body
+        [requested] = [r.event for r in await porten.hub.store.read_filtered(
+            types=["load_requested"]) if isinstance(r.event, ev.LoadRequested)]
+        decisions = await client.get("/fleet")
+        assert (f"<td>load requested</td><td>local</td><td>{SPARE}</td>"
+                f"<td>{html.escape(requested.reason)}</td>") in decisions.text
         done = await client.submit("/fleet", "/fleet/catalog", model=CHAT, action="disable")
         assert done.status == 303
         assert not porten.hub.projection.state.catalog[CHAT].offered
