@@ -7,6 +7,8 @@ work with whatever Python 3.11+ the machine has.
 from __future__ import annotations
 
 import glob
+import os
+import shutil
 
 import nox
 
@@ -19,7 +21,30 @@ nox.options.error_on_missing_interpreters = True
 def tests(session: nox.Session) -> None:
     """The whole test suite against real Postgres, Redis and sockets."""
     session.install("-e", ".[test]")
+    _system_chromium(session)
     session.run("pytest", *session.posargs)
+
+
+def _system_chromium(session: nox.Session) -> None:
+    """Make Debian's Chromium available to the portal's browser tests (never `playwright install`).
+
+    As root with apt-get, a missing browser is installed and the browser tests
+    are then required (``PORTEN_REQUIRE_BROWSER=1``: they fail rather than skip).
+    Elsewhere they skip with a loud reason.
+    """
+    if os.environ.get("PORTEN_CHROMIUM") or shutil.which("chromium"):
+        session.env["PORTEN_REQUIRE_BROWSER"] = "1"
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", "chromium", external=True, env=env)
+        session.env["PORTEN_REQUIRE_BROWSER"] = "1"
+        return
+    session.warn(
+        "BROWSER TESTS WILL BE SKIPPED: no `chromium` on PATH and not root to apt-get it. "
+        "Install Debian's chromium (or set PORTEN_CHROMIUM) to run them."
+    )
 
 
 @nox.session

@@ -43,6 +43,10 @@ SECRET_HASHES: Final = ("h1", "h2", "h3", "h4")
 EMAILS: Final = ("a@example.org", "A@example.org", "b@example.org")
 #: Few node credentials, so two enrolments sometimes present the same one.
 CREDENTIAL_HASHES: Final = ("", "c1", "c2", "c3")
+GRANT_IDS: Final = ("g1", "g2")
+ENROLMENT_TOKEN_IDS: Final = ("t1", "t2")
+#: Few code and token hashes, so two grants or tokens sometimes claim the same one.
+CODE_HASHES: Final = ("d1", "d2", "d3", "d4")
 
 _ID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789-_:"
 
@@ -450,6 +454,68 @@ def user_node_defaults_set() -> st.SearchStrategy[ev.UserNodeDefaultsSet]:
                   trust_class=trust_classes())
 
 
+@functools.cache
+def grant_ids() -> st.SearchStrategy[str]:
+    """A device-grant id, mostly one of :data:`GRANT_IDS`."""
+    return pooled(GRANT_IDS)
+
+
+@functools.cache
+def enrolment_token_ids() -> st.SearchStrategy[str]:
+    """An enrolment-token id, mostly one of :data:`ENROLMENT_TOKEN_IDS`."""
+    return pooled(ENROLMENT_TOKEN_IDS)
+
+
+@functools.cache
+def device_code_issued() -> st.SearchStrategy[ev.DeviceCodeIssued]:
+    """:class:`~porten.domain.events.DeviceCodeIssued` (code hashes from a small pool)."""
+    return _event(
+        ev.DeviceCodeIssued, grant_id=grant_ids(), device_code_hash=st.sampled_from(CODE_HASHES),
+        user_code_hash=st.sampled_from(CODE_HASHES), client_name=words(),
+        expires_at=times(), interval_s=st.integers(1, 60),
+    )
+
+
+@functools.cache
+def device_code_approved() -> st.SearchStrategy[ev.DeviceCodeApproved]:
+    """:class:`~porten.domain.events.DeviceCodeApproved`."""
+    return _event(ev.DeviceCodeApproved, grant_id=grant_ids(), owner_id=user_ids())
+
+
+@functools.cache
+def device_code_denied() -> st.SearchStrategy[ev.DeviceCodeDenied]:
+    """:class:`~porten.domain.events.DeviceCodeDenied`."""
+    return _event(ev.DeviceCodeDenied, grant_id=grant_ids(), owner_id=user_ids())
+
+
+@functools.cache
+def device_code_redeemed() -> st.SearchStrategy[ev.DeviceCodeRedeemed]:
+    """:class:`~porten.domain.events.DeviceCodeRedeemed`."""
+    return _event(ev.DeviceCodeRedeemed, grant_id=grant_ids(), node_id=node_ids())
+
+
+@functools.cache
+def enrolment_token_minted() -> st.SearchStrategy[ev.EnrolmentTokenMinted]:
+    """:class:`~porten.domain.events.EnrolmentTokenMinted` (hashes from a small pool)."""
+    return _event(
+        ev.EnrolmentTokenMinted, token_id=enrolment_token_ids(), owner_id=user_ids(),
+        token_hash=st.sampled_from(CODE_HASHES), prefix=words(), name=words(),
+        expires_at=times(),
+    )
+
+
+@functools.cache
+def enrolment_token_redeemed() -> st.SearchStrategy[ev.EnrolmentTokenRedeemed]:
+    """:class:`~porten.domain.events.EnrolmentTokenRedeemed`."""
+    return _event(ev.EnrolmentTokenRedeemed, token_id=enrolment_token_ids(), node_id=node_ids())
+
+
+@functools.cache
+def enrolment_token_revoked() -> st.SearchStrategy[ev.EnrolmentTokenRevoked]:
+    """:class:`~porten.domain.events.EnrolmentTokenRevoked`."""
+    return _event(ev.EnrolmentTokenRevoked, token_id=enrolment_token_ids(), reason=words())
+
+
 #: One strategy factory per event type; a test fails when ``ev.EVENT_TYPES`` outgrows it.
 EVENT_STRATEGIES: Final[dict[type[ev.Event], Callable[[], st.SearchStrategy[Any]]]] = {
     ev.ModelOffered: model_offered,
@@ -479,6 +545,13 @@ EVENT_STRATEGIES: Final[dict[type[ev.Event], Callable[[], st.SearchStrategy[Any]
     ev.UserDisabled: user_disabled,
     ev.UserEnabled: user_enabled,
     ev.UserNodeDefaultsSet: user_node_defaults_set,
+    ev.DeviceCodeIssued: device_code_issued,
+    ev.DeviceCodeApproved: device_code_approved,
+    ev.DeviceCodeDenied: device_code_denied,
+    ev.DeviceCodeRedeemed: device_code_redeemed,
+    ev.EnrolmentTokenMinted: enrolment_token_minted,
+    ev.EnrolmentTokenRedeemed: enrolment_token_redeemed,
+    ev.EnrolmentTokenRevoked: enrolment_token_revoked,
 }
 
 
@@ -492,7 +565,8 @@ def any_event() -> st.SearchStrategy[Any]:
 def setup_event() -> st.SearchStrategy[Any]:
     """An event that creates or connects something, so later events have targets."""
     return st.one_of(
-        node_enrolled(), node_connected(), model_offered(), key_created(), user_created()
+        node_enrolled(), node_connected(), model_offered(), key_created(), user_created(),
+        device_code_issued(), enrolment_token_minted(),
     )
 
 

@@ -35,6 +35,8 @@ from porten.services.auth import Authenticator
 from porten.services.control import ControlLog
 from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
+from porten.services.enrolment import DeviceFlow
+from porten.services.enrolment_tokens import EnrolmentTokens
 from porten.services.keys import Keys
 from porten.services.loads import LoadCoordinator
 from porten.services.metering import UsageQueries
@@ -105,6 +107,9 @@ class Hub:
     usage: UsageQueries
     #: API keys to accounts, with a cache of tokens already verified.
     authenticator: Authenticator
+    #: Node enrolment: through the browser (RFC 8628) and with single-use tokens.
+    device_flow: DeviceFlow
+    enrolment_tokens: EnrolmentTokens
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -163,14 +168,20 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
             shared = RedisLimiter.from_url(settings.redis_url) if settings.redis_url else None
             gate = Gate(state=lambda: projection.state, clock=time.time, shared=shared,
                         hold_s=settings.request_timeout_s + 60.0)
+            accounts = Accounts(log=control, clock=time.time)
             hub = Hub(
                 settings=settings, store=store, writer=writer, projection=projection,
                 gateway=gateway, demand=demand, loads=loads, planner=planner,
                 in_flight=in_flight, server_secret=secret,
-                accounts=Accounts(log=control, clock=time.time),
+                accounts=accounts,
                 keys=Keys(log=control, server_secret=secret, clock=time.time),
                 admin=Admin(log=control, clock=time.time), gate=gate,
                 usage=PostgresUsage(store), authenticator=Authenticator(secret),
+                device_flow=DeviceFlow(log=control, accounts=accounts, server_secret=secret,
+                                       clock=time.time,
+                                       interval_s=max(1, settings.device_poll_interval_s)),
+                enrolment_tokens=EnrolmentTokens(log=control, accounts=accounts,
+                                                 server_secret=secret, clock=time.time),
             )
             demand.start()
             planner.start()

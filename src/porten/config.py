@@ -67,6 +67,13 @@ class Settings:
     demand_window_s: float = 60.0
     #: How long usage events may wait to share a transaction (awaited appends never wait).
     event_linger_ms: int = 50
+    #: The URL people and agents reach this hub at (``https://…`` makes portal cookies
+    #: ``Secure``; enrolment prints it). ``None``: taken from each request's Host.
+    public_url: str | None = None
+    #: How long a portal sign-in lasts.
+    session_ttl_s: float = 12 * 3600.0
+    #: Seconds an agent waits between polls during ``porten agent login`` (RFC 8628 interval).
+    device_poll_interval_s: int = 5
     #: HMAC secret for API keys and node credentials (else ``<data_dir>/secret``).
     secret: str | None = attrs.field(default=None, repr=False)
 
@@ -97,6 +104,9 @@ class Settings:
         values["demand_window_s"] = float(_int(env, "PORTEN_DEMAND_WINDOW_S", 60))
         values["event_linger_ms"] = _int(env, "PORTEN_EVENT_LINGER_MS", 50)
         values["secret"] = env.get("PORTEN_SECRET") or None
+        values["public_url"] = (env.get("PORTEN_PUBLIC_URL") or "").rstrip("/") or None
+        values["session_ttl_s"] = float(_int(env, "PORTEN_SESSION_TTL_S", 12 * 3600))
+        values["device_poll_interval_s"] = _int(env, "PORTEN_DEVICE_POLL_INTERVAL_S", 5)
         for name, value in overrides.items():
             if value is not None:
                 values[name] = Path(value).expanduser() if name == "data_dir" else value

@@ -104,8 +104,25 @@ def assert_users_index_consistent(state: FleetState) -> None:
         assert state.users_by_email.get(user.email) == user.user_id, user.user_id
 
 
+def assert_enrolment_indexes_consistent(state: FleetState) -> None:
+    """Each code hash names the one grant holding it; each token hash the one token holding it."""
+    for code_hash, grant_id in state.grants_by_code.items():
+        grant = state.device_grants.get(grant_id)
+        assert grant is not None, f"code {code_hash!r} points at unknown grant {grant_id!r}"
+        assert code_hash in (grant.device_code_hash, grant.user_code_hash), grant_id
+    for grant in state.device_grants.values():
+        assert state.grants_by_code.get(grant.device_code_hash) == grant.grant_id
+        assert state.grants_by_code.get(grant.user_code_hash) == grant.grant_id
+    for token_hash, token_id in state.enrolment_tokens_by_hash.items():
+        assert state.enrolment_tokens[token_id].token_hash == token_hash
+    for token in state.enrolment_tokens.values():
+        assert state.enrolment_tokens_by_hash.get(token.token_hash) == token.token_id
+        assert token.used_at is None or token.revoked_at is None, "used and revoked"
+
+
 def assert_invariants(state: FleetState) -> None:
     """Every invariant of a folded state."""
+    assert_enrolment_indexes_consistent(state)
     assert_keys_index_consistent(state)
     assert_users_index_consistent(state)
     assert_credentials_index_consistent(state)

@@ -38,6 +38,11 @@ PRINTS_DATA = {
     "admin catalog price",
     "usage",
     "sim replay",
+    "agent login",
+    "admin enrol-token create",
+    "admin enrol-token list",
+    "admin enrol-token revoke",
+    "agent enroll",
     "up",
 }
 

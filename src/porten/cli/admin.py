@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from porten.bootstrap import open_event_store
-from porten.cli import admin_keys, admin_nodes, admin_users
+from porten.cli import admin_enrol, admin_keys, admin_nodes, admin_users
 from porten.cli._common import (
     CommandError,
     data_options,
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin_users.register(asub)
     admin_keys.register(asub)
     admin_nodes.register(asub)
+    admin_enrol.register(asub)
     catalog = asub.add_parser("catalog", help="the curated model catalog")
     csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     parents = [data_options(), json_option()]

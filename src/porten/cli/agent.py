@@ -9,7 +9,9 @@ so it does not show in ``ps``.
 from __future__ import annotations
 
 import argparse
+import os
 
+from porten.cli import agent_login
 from porten.cli._common import data_options, run, settings_from
 
 
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run_p.add_argument("--vram-budget-mb", type=int, help="env PORTEN_VRAM_BUDGET_MB")
     run_p.add_argument("--disk-budget-mb", type=int, help="env PORTEN_AUTO_DOWNLOAD_MB")
     run_p.set_defaults(func=cmd_agent_run)
+    agent_login.register(asub)
 
     engine = sub.add_parser("engine", help="run an engine on its own")
     esub = engine.add_subparsers(dest="engine_command", required=True, metavar="ENGINE")
@@ -51,8 +54,14 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     models = None
     if args.engine_models is not None:
         models = tuple(m.strip() for m in args.engine_models.split(",") if m.strip())
+    hub_url, credential = args.hub_url, None
+    stored = agent_login.load_stored_node(hub.data_dir)  # from `porten agent login|enroll`
+    if stored is not None and not os.environ.get("PORTEN_NODE_CREDENTIAL"):
+        credential = stored.credential
+        if not hub_url and not os.environ.get("PORTEN_HUB_URL"):
+            hub_url = stored.hub_url
     settings = AgentSettings.from_env(
-        hub_url=args.hub_url, engine=args.engine, engine_url=args.engine_url,
+        hub_url=hub_url, credential=credential, engine=args.engine, engine_url=args.engine_url,
         engine_models=models, vram_budget_mb=args.vram_budget_mb,
         disk_budget_mb=args.disk_budget_mb, data_dir=hub.data_dir,
     )

@@ -300,6 +300,69 @@ class UserNodeDefaultsSet(Event, frozen=True, kw_only=True):
     trust_class: TrustClass = "community"
 
 
+# --- enrolment: device codes (RFC 8628) and enrolment tokens -------------------------
+# Codes and tokens appear only as keyed hashes; the stream is the grant's or the token's,
+# so "single use" is an expected-version check on it.
+
+
+class DeviceCodeIssued(Event, frozen=True, kw_only=True):
+    """An agent asked to enrol through the browser; it shows the user code and polls."""
+
+    grant_id: str
+    device_code_hash: str
+    user_code_hash: str
+    #: What the agent calls its machine (shown to the owner before approving; untrusted).
+    client_name: str = ""
+    expires_at: float
+    interval_s: int = 5
+
+
+class DeviceCodeApproved(Event, frozen=True, kw_only=True):
+    """The signed-in owner approved the code: the node it becomes is theirs."""
+
+    grant_id: str
+    owner_id: str
+
+
+class DeviceCodeDenied(Event, frozen=True, kw_only=True):
+    """The signed-in owner refused the code; the agent's next poll gets access_denied."""
+
+    grant_id: str
+    owner_id: str
+
+
+class DeviceCodeRedeemed(Event, frozen=True, kw_only=True):
+    """The agent collected its credential; the code can never be used again."""
+
+    grant_id: str
+    node_id: str
+
+
+class EnrolmentTokenMinted(Event, frozen=True, kw_only=True):
+    """An owner minted a single-use token that enrols one node as theirs without a browser."""
+
+    token_id: str
+    owner_id: str
+    token_hash: str
+    prefix: str = ""
+    name: str = ""
+    expires_at: float
+
+
+class EnrolmentTokenRedeemed(Event, frozen=True, kw_only=True):
+    """A node enrolled with the token; a second use is refused."""
+
+    token_id: str
+    node_id: str
+
+
+class EnrolmentTokenRevoked(Event, frozen=True, kw_only=True):
+    """The owner withdrew an unused token."""
+
+    token_id: str
+    reason: str = ""
+
+
 class AdminActionTaken(Event, frozen=True, kw_only=True):
     """An operator did something; the audit trail. ``actor`` says who."""
 
@@ -336,6 +399,13 @@ AnyEvent = (
     | UserDisabled
     | UserEnabled
     | UserNodeDefaultsSet
+    | DeviceCodeIssued
+    | DeviceCodeApproved
+    | DeviceCodeDenied
+    | DeviceCodeRedeemed
+    | EnrolmentTokenMinted
+    | EnrolmentTokenRedeemed
+    | EnrolmentTokenRevoked
 )
 
 EVENT_TYPES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
@@ -388,6 +458,19 @@ def stream_of(event: AnyEvent) -> str:  # noqa: PLR0911 (one return per stream f
             | UserNodeDefaultsSet(user_id=uid)
         ):
             return f"user-{uid}"
+        case (
+            DeviceCodeIssued(grant_id=gid)
+            | DeviceCodeApproved(grant_id=gid)
+            | DeviceCodeDenied(grant_id=gid)
+            | DeviceCodeRedeemed(grant_id=gid)
+        ):
+            return f"device-{gid}"
+        case (
+            EnrolmentTokenMinted(token_id=tid)
+            | EnrolmentTokenRedeemed(token_id=tid)
+            | EnrolmentTokenRevoked(token_id=tid)
+        ):
+            return f"enrolment-token-{tid}"
     raise TypeError(f"no stream for {type(event).__name__}")  # pragma: no cover
 
 

@@ -396,6 +396,10 @@ def _key_revoked(state: FleetState, e: ev.KeyRevoked) -> FleetState:
 _HANDLERS.update(ACCOUNT_HANDLERS)
 
 
+# Enrolment's handlers live in their own module; importing it registers them.
+from porten.domain import fold_enrolment  # noqa: E402, F401
+
+
 def _assert_total() -> None:
     """Every event type either has a handler or is deliberately state-free."""
     state_free = {ev.AdminActionTaken}

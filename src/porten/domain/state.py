@@ -10,7 +10,7 @@ debugging operator at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Literal
 
 import immutables
 import msgspec
@@ -157,6 +157,44 @@ class UserState(msgspec.Struct, frozen=True, kw_only=True):
         return self.role == "operator" and self.disabled_at is None
 
 
+DeviceGrantStatus = Literal["pending", "approved", "denied", "redeemed"]
+
+
+class DeviceGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """A browser enrolment in progress (RFC 8628): codes only as keyed hashes."""
+
+    grant_id: str
+    device_code_hash: str
+    user_code_hash: str
+    client_name: str = ""
+    issued_at: float
+    expires_at: float
+    interval_s: int = 5
+    status: DeviceGrantStatus = "pending"
+    #: Who approved or denied it.
+    owner_id: str = ""
+    #: The node it became, once redeemed.
+    node_id: str = ""
+    #: Events in the grant's stream so far (its stream version is this minus one).
+    events: int = 1
+
+
+class EnrolmentToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A single-use token that enrols one node for its owner (never the token itself)."""
+
+    token_id: str
+    owner_id: str
+    token_hash: str
+    prefix: str = ""
+    name: str = ""
+    created_at: float
+    expires_at: float
+    used_at: float | None = None
+    node_id: str = ""
+    revoked_at: float | None = None
+    events: int = 1
+
+
 class FleetState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the scheduler and router need, folded from the log."""
 
@@ -171,6 +209,13 @@ class FleetState(msgspec.Struct, frozen=True, kw_only=True):
     users: immutables.Map[str, UserState] = immutables.Map()
     #: lower-cased email → user id (the first account opened with an email keeps it).
     users_by_email: immutables.Map[str, str] = immutables.Map()
+    #: Browser enrolments still of interest (expired ones are dropped a day later).
+    device_grants: immutables.Map[str, DeviceGrant] = immutables.Map()
+    #: device-code hash and user-code hash → grant id.
+    grants_by_code: immutables.Map[str, str] = immutables.Map()
+    enrolment_tokens: immutables.Map[str, EnrolmentToken] = immutables.Map()
+    #: token hash → token id.
+    enrolment_tokens_by_hash: immutables.Map[str, str] = immutables.Map()
     events_folded: int = 0
 
 

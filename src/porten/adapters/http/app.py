@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from porten import __version__
-from porten.adapters.http import admin, public, usage, v1
+from porten.adapters.http import admin, enrolment, portal, public, usage, v1
 from porten.adapters.http.context import echo_request_id, request_context, request_id_of
 from porten.adapters.http.errors import error_middleware
 from porten.adapters.http.hubkeys import HUB, RELAY, SETTINGS
@@ -90,4 +90,6 @@ def create_app(settings: Settings) -> web.Application:
     usage.add_routes(app)
     admin.add_routes(app)
     public.add_routes(app)
+    portal.add_routes(app)
+    enrolment.add_routes(app)
     return app

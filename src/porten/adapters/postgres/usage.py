@@ -56,6 +56,23 @@ class PostgresUsage:
             for day, key, model, n, p, c, cost in rows
         ]
 
+    async def node_lines(
+        self, node_ids: Sequence[str], start: float, end: float
+    ) -> list[EarningLine]:
+        """Per (day, node, model) for the nodes ``node_ids``, whoever owned them then."""
+        rows = await self._rows(
+            f"SELECT {_DAY}, data->>'node_id', data->>'model_id', {_SUMS} FROM porten_events "
+            "WHERE type = 'request_served' AND data->>'node_id' = ANY(%s) "
+            "AND at >= to_timestamp(%s) AND at < to_timestamp(%s) "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            [list(node_ids), start, end],
+        )
+        return [
+            EarningLine(date=day, node_id=node, model=model, requests=n, prompt_tokens=int(p),
+                        completion_tokens=int(c), earned_usd=round(float(cost), 9))
+            for day, node, model, n, p, c, cost in rows
+        ]
+
     async def earning_lines(self, owner_id: str, start: float, end: float) -> list[EarningLine]:
         """Per (day, node, model) of the nodes ``owner_id`` owned when they served."""
         rows = await self._rows(
