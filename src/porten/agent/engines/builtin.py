@@ -52,6 +52,8 @@ log = structlog.get_logger(__name__)
 
 #: Progress messages per phase at most (one per 0.5 % moved, plus the ends).
 PROGRESS_STEPS: Final = 200
+#: Seconds between re-sends of progress that was held back (a stalled download).
+FLUSH_S: Final = 0.5
 
 
 class _RequestModel(msgspec.Struct):
@@ -62,22 +64,47 @@ _MODEL_OF: Final = msgspec.json.Decoder(_RequestModel)
 
 
 class _Throttled:
-    """Forwards progress to the hub at most :data:`PROGRESS_STEPS` times a phase."""
+    """Forwards progress to the hub at most :data:`PROGRESS_STEPS` times a phase.
+
+    :meth:`flush` (called on a timer) forwards the latest figure again if it
+    moved since the last flush: the hub keeps at most one progress event per
+    250 ms, so a figure sent just after another may be dropped there, and a
+    download that then stalls would show its old figure for as long as it stalls.
+    """
 
     def __init__(self, progress: LoadProgress, bars: DownloadBars | None, model_id: str) -> None:
         self._progress = progress
         self._bars = bars
         self._model_id = model_id
-        self._last: tuple[LoadPhase, int] | None = None
+        self._sent: tuple[LoadPhase, int, int] | None = None
+        self._latest: tuple[LoadPhase, int, int] | None = None
+        self._flushed: tuple[LoadPhase, int, int] | None = None
 
     def __call__(self, phase: LoadPhase, done: int, total: int) -> None:
         if self._bars is not None and phase == "downloading":
             self._bars.update(self._model_id, done, total)
+        self._latest = (phase, done, total)
         step = max(1, total // PROGRESS_STEPS)
-        last = self._last
-        if last is None or last[0] != phase or done - last[1] >= step or done >= total:
-            self._last = (phase, done)
-            self._progress(phase, done, total)
+        sent = self._sent
+        if sent is None or sent[0] != phase or done - sent[1] >= step or done >= total:
+            self._forward()
+
+    def flush(self) -> None:
+        """Forward the latest progress (again) if it moved since the last flush."""
+        if self._latest is not None and self._latest != self._flushed:
+            self._flushed = self._latest
+            self._forward()
+
+    def _forward(self) -> None:
+        assert self._latest is not None
+        self._sent = self._latest
+        self._progress(*self._latest)
+
+    async def flush_every(self, interval_s: float) -> None:
+        """Flush every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush()
 
 
 class BuiltinEngine:
@@ -185,12 +212,15 @@ class BuiltinEngine:
                 raise
 
     async def _start_server(self, entry: CatalogEntry, progress: _Throttled) -> None:
+        flusher = asyncio.create_task(progress.flush_every(FLUSH_S))
         try:
             path = await self._fetcher.ensure(entry, lambda d, t: progress("downloading", d, t))
         except BaseException as exc:
             if self._bars is not None:
                 self._bars.finish(entry.id, str(exc) or type(exc).__name__)
             raise
+        finally:
+            flusher.cancel()
         if self._bars is not None:
             self._bars.finish(entry.id)
         size = path.stat().st_size
