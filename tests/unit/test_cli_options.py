@@ -23,6 +23,7 @@ PRINTS_DATA = {
     "admin catalog add",
     "admin catalog seed",
     "sim replay",
+    "agent service status",
     "up",
 }
 
