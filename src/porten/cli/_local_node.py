@@ -54,10 +54,14 @@ async def packaged_weights() -> AsyncIterator[CatalogEntry]:
 
 
 def builtin_engine(data_dir: Path, **options: Any) -> Engine:
-    """The builtin engine as ``porten agent run`` would build it on this machine."""
+    """The builtin engine as ``porten agent run`` would build it on this machine.
+
+    ``PORTEN_VRAM_BUDGET_MB``, ``PORTEN_AUTO_DOWNLOAD_MB`` and
+    ``PORTEN_LLAMA_SERVER`` apply as they do to a remote node's agent.
+    """
     from porten.agent.engines import create_engine
 
-    settings = AgentSettings(engine="builtin", data_dir=data_dir, **options)
+    settings = AgentSettings.from_env(engine="builtin", data_dir=data_dir, **options)
     return create_engine(settings)
 
 
