@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Postgres for the whole run, a fresh database per test.
+"""Shared fixtures: a real Postgres for the whole run, a fresh database per test, a real Redis.
 
 The server is the embedded one (the product's own default) unless
 ``PORTEN_TEST_DATABASE_URL`` points at another server, whose user must be
@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from porten.adapters.postgres.embedded import EmbeddedPostgres
+from redis_server import RedisServer
 
 # Stand-ins for third-party programs (llama-server, nvidia-smi, systemctl), shared by every level.
 sys.path.insert(0, str(Path(__file__).parent / "standins"))
@@ -75,3 +76,32 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server on 127.0.0.1 for the whole run."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """URL of the shared redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop (a Redis outage)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -39,6 +39,8 @@ OWNER_IDS: Final = ("u1", "u2")
 REGIONS: Final = ("", "eu", "us")
 #: Few hashes, so two keys sometimes share one (the fold must not mix them up).
 SECRET_HASHES: Final = ("h1", "h2", "h3", "h4")
+#: Few emails, in mixed case, so two accounts sometimes claim the same one.
+EMAILS: Final = ("a@example.org", "A@example.org", "b@example.org")
 #: Few node credentials, so two enrolments sometimes present the same one.
 CREDENTIAL_HASHES: Final = ("", "c1", "c2", "c3")
 
@@ -354,6 +356,9 @@ def request_served() -> st.SearchStrategy[ev.RequestServed]:
         ttft_ms=_finite(0.0, 60_000.0),
         duration_ms=_finite(0.0, 600_000.0),
         outcome=st.sampled_from(_OUTCOMES),
+        cost_usd=_finite(0.0, 100.0),
+        account_id=pooled(OWNER_IDS),
+        node_owner_id=pooled(OWNER_IDS),
     )
 
 
@@ -394,6 +399,57 @@ def admin_action_taken() -> st.SearchStrategy[ev.AdminActionTaken]:
     )
 
 
+@functools.cache
+def user_ids() -> st.SearchStrategy[str]:
+    """A user id, mostly one of :data:`OWNER_IDS` (so users own the generated keys and nodes)."""
+    return pooled(OWNER_IDS)
+
+
+@functools.cache
+def user_created() -> st.SearchStrategy[ev.UserCreated]:
+    """:class:`~porten.domain.events.UserCreated` (emails from a small pool, so some collide)."""
+    return _event(
+        ev.UserCreated,
+        user_id=user_ids(),
+        email=st.sampled_from(EMAILS),
+        name=words(),
+        password_hash=st.sampled_from(("", "$argon2id$v=19$m=1,t=1,p=1$x$y")),
+        role=st.sampled_from(("user", "operator")),
+    )
+
+
+@functools.cache
+def user_password_changed() -> st.SearchStrategy[ev.UserPasswordChanged]:
+    """:class:`~porten.domain.events.UserPasswordChanged`."""
+    return _event(ev.UserPasswordChanged, user_id=user_ids(), password_hash=words())
+
+
+@functools.cache
+def user_role_changed() -> st.SearchStrategy[ev.UserRoleChanged]:
+    """:class:`~porten.domain.events.UserRoleChanged`."""
+    return _event(ev.UserRoleChanged, user_id=user_ids(),
+                  role=st.sampled_from(("user", "operator")))
+
+
+@functools.cache
+def user_disabled() -> st.SearchStrategy[ev.UserDisabled]:
+    """:class:`~porten.domain.events.UserDisabled`."""
+    return _event(ev.UserDisabled, user_id=user_ids(), reason=words())
+
+
+@functools.cache
+def user_enabled() -> st.SearchStrategy[ev.UserEnabled]:
+    """:class:`~porten.domain.events.UserEnabled`."""
+    return _event(ev.UserEnabled, user_id=user_ids())
+
+
+@functools.cache
+def user_node_defaults_set() -> st.SearchStrategy[ev.UserNodeDefaultsSet]:
+    """:class:`~porten.domain.events.UserNodeDefaultsSet`."""
+    return _event(ev.UserNodeDefaultsSet, user_id=user_ids(), region=regions(),
+                  trust_class=trust_classes())
+
+
 #: One strategy factory per event type; a test fails when ``ev.EVENT_TYPES`` outgrows it.
 EVENT_STRATEGIES: Final[dict[type[ev.Event], Callable[[], st.SearchStrategy[Any]]]] = {
     ev.ModelOffered: model_offered,
@@ -417,6 +473,12 @@ EVENT_STRATEGIES: Final[dict[type[ev.Event], Callable[[], st.SearchStrategy[Any]
     ev.KeyPolicyChanged: key_policy_changed,
     ev.KeyRevoked: key_revoked,
     ev.AdminActionTaken: admin_action_taken,
+    ev.UserCreated: user_created,
+    ev.UserPasswordChanged: user_password_changed,
+    ev.UserRoleChanged: user_role_changed,
+    ev.UserDisabled: user_disabled,
+    ev.UserEnabled: user_enabled,
+    ev.UserNodeDefaultsSet: user_node_defaults_set,
 }
 
 
@@ -429,7 +491,9 @@ def any_event() -> st.SearchStrategy[Any]:
 @functools.cache
 def setup_event() -> st.SearchStrategy[Any]:
     """An event that creates or connects something, so later events have targets."""
-    return st.one_of(node_enrolled(), node_connected(), model_offered(), key_created())
+    return st.one_of(
+        node_enrolled(), node_connected(), model_offered(), key_created(), user_created()
+    )
 
 
 def _follow_up_kinds(state: FleetState) -> dict[str, list[Any]]:

@@ -23,11 +23,17 @@ from porten.adapters.agent_gateway import AgentGateway, GatewayDeps
 from porten.adapters.data_dir import HubLock
 from porten.adapters.postgres.embedded import EmbeddedPostgres
 from porten.adapters.postgres.event_store import PostgresEventStore
+from porten.adapters.redis.limiter import RedisLimiter
 from porten.config import Settings, redact_url
 from porten.domain.events import NodeDisconnected
 from porten.scheduler.plan import PlannerConfig
+from porten.services.accounts import Accounts
+from porten.services.admin import Admin
+from porten.services.admission import Gate
+from porten.services.control import ControlLog
 from porten.services.credentials import load_server_secret
 from porten.services.demand import DemandMeter
+from porten.services.keys import Keys
 from porten.services.loads import LoadCoordinator
 from porten.services.planning import PlannerLoop
 from porten.services.projection import FleetProjection
@@ -86,6 +92,12 @@ class Hub:
     planner: PlannerLoop
     #: (node, model) → requests open there right now; busy models are never evicted.
     in_flight: Counter[tuple[str, str]]
+    #: Accounts and keys over the log (the portal, the admin API and the CLI share them).
+    accounts: Accounts
+    keys: Keys
+    admin: Admin
+    #: Rate limits and budgets (shared through Redis when PORTEN_REDIS_URL is set).
+    gate: Gate
     server_secret: bytes = attrs.field(repr=False)
 
     def busy(self) -> dict[tuple[str, str], int]:
@@ -106,7 +118,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
         lock.acquire()  # one hub per embedded data dir
     try:
         async with open_event_store(settings) as store:
-            writer = BatchingWriter(store)
+            writer = BatchingWriter(store, linger_s=settings.event_linger_ms / 1000)
             await writer.start()
             projection = FleetProjection(store, snapshot_every=settings.snapshot_every)
             await projection.catch_up()
@@ -140,10 +152,17 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
                 store=store, writer=writer, projection=projection, gateway=gateway,
                 config=config, busy=busy, clock=time.time,
             )
+            control = ControlLog(projection=projection, append=writer.append)
+            shared = RedisLimiter.from_url(settings.redis_url) if settings.redis_url else None
+            gate = Gate(state=lambda: projection.state, clock=time.time, shared=shared,
+                        hold_s=settings.request_timeout_s + 60.0)
             hub = Hub(
                 settings=settings, store=store, writer=writer, projection=projection,
                 gateway=gateway, demand=demand, loads=loads, planner=planner,
                 in_flight=in_flight, server_secret=secret,
+                accounts=Accounts(log=control, clock=time.time),
+                keys=Keys(log=control, server_secret=secret, clock=time.time),
+                admin=Admin(log=control, clock=time.time), gate=gate,
             )
             demand.start()
             planner.start()
@@ -152,6 +171,9 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
             finally:
                 await planner.aclose()
                 await gateway.aclose()
+                await gate.aclose()
+                if shared is not None:
+                    await shared.aclose()
                 await demand.aclose()
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -65,6 +65,8 @@ class Settings:
     plan_every_s: float = 60.0
     #: Length of a demand-measurement window.
     demand_window_s: float = 60.0
+    #: How long usage events may wait to share a transaction (awaited appends never wait).
+    event_linger_ms: int = 50
     #: HMAC secret for API keys and node credentials (else ``<data_dir>/secret``).
     secret: str | None = attrs.field(default=None, repr=False)
 
@@ -93,6 +95,7 @@ class Settings:
         values["idle_unload_s"] = float(_int(env, "PORTEN_IDLE_UNLOAD_S", 600))
         values["plan_every_s"] = float(_int(env, "PORTEN_PLAN_EVERY_S", 60))
         values["demand_window_s"] = float(_int(env, "PORTEN_DEMAND_WINDOW_S", 60))
+        values["event_linger_ms"] = _int(env, "PORTEN_EVENT_LINGER_MS", 50)
         values["secret"] = env.get("PORTEN_SECRET") or None
         for name, value in overrides.items():
             if value is not None:

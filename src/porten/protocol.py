@@ -26,7 +26,7 @@ import msgspec
 from porten.domain.values import CatalogEntry, UnloadReason
 
 #: Bumped on an incompatible change; the hub refuses agents of another major version.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: Frames larger than this are a protocol violation (the hub drops the connection).
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 #: Response chunks an agent may send per request before it needs more credit.
@@ -84,11 +84,20 @@ class AgentHeartbeat(AgentMessage, frozen=True, kw_only=True):
 
 
 class AgentResponseStart(AgentMessage, frozen=True, kw_only=True):
-    """The engine answered a request: its status and content type."""
+    """The engine answered a request: its status, content type and first bytes.
+
+    Every frame costs a write on the agent and a read, a decode and a wake-up
+    on the hub, so the start carries the body's first piece (``data``, which
+    counts as a chunk against the window) and, when the whole body fits
+    (a typical non-streamed reply), ``end=True``: then this one frame is the
+    entire response and no chunk or end follows.
+    """
 
     request_id: str
     status: int
     content_type: str = "application/json"
+    data: bytes = b""
+    end: bool = False
 
 
 class AgentResponseChunk(AgentMessage, frozen=True, kw_only=True):

@@ -95,6 +95,31 @@ async def test_fifty_concurrent_requests_share_one_link(hub: Hub) -> None:
         assert (stats["started"], stats["completed"], stats["cancelled"]) == (50, 50, 0)
 
 
+async def test_a_reply_rides_in_its_start_frame(hub: Hub) -> None:
+    """A non-streamed reply is one frame (start + body + end); a stream's start has its first event.
+
+    Each frame costs the hub a read, a decode and a wake-up, so this is what
+    keeps the hub's added latency and time to first token down.
+    """
+    credential = await hub.enrol("n1")
+    engine = SimEngine(FAST, preloaded=[SIM_CHAT])
+    async with running_agent(hub, credential, engine):
+        link = await hub.live_link("n1")
+        request = chat_request("one frame please", stream=False)
+        async with link.exchange(request) as exchange:
+            assert (await exchange.start(10.0)).status == 200
+            assert exchange.done, "the start frame did not carry the end"
+            assert (exchange.buffered, exchange.received) == (1, 1)
+            body = b"".join([chunk async for chunk in exchange.chunks()])
+        assert content_of(body, stream=False) == expected_content(request, FAST)
+        streamed = chat_request("first event with the start", stream=True)
+        async with link.exchange(streamed) as exchange:
+            assert (await exchange.start(10.0)).status == 200
+            assert exchange.received >= 1, "the stream's start came without its first event"
+            body = b"".join([chunk async for chunk in exchange.chunks()])
+        assert content_of(body, stream=True) == expected_content(streamed, FAST)
+
+
 async def test_leaving_an_exchange_early_cancels_on_the_engine(hub: Hub) -> None:
     """A consumer that leaves mid-stream, or cancels explicitly, stops the engine's generation."""
     credential = await hub.enrol("n1")

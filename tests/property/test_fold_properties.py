@@ -94,9 +94,20 @@ def assert_demand_bounded(state: FleetState) -> None:
         assert len(d.windows) <= DEMAND_HISTORY
 
 
+def assert_users_index_consistent(state: FleetState) -> None:
+    """``users_by_email`` indexes every account exactly once, under its lower-cased email."""
+    for email, user_id in state.users_by_email.items():
+        user = state.users.get(user_id)
+        assert user is not None, f"email {email!r} points at unknown user {user_id!r}"
+        assert user.email == email == email.lower(), f"{user_id!r} indexed under a foreign email"
+    for user in state.users.values():
+        assert state.users_by_email.get(user.email) == user.user_id, user.user_id
+
+
 def assert_invariants(state: FleetState) -> None:
     """Every invariant of a folded state."""
     assert_keys_index_consistent(state)
+    assert_users_index_consistent(state)
     assert_credentials_index_consistent(state)
     assert_no_pending_load_offline(state)
     assert_placements_keyed_by_model(state)

@@ -167,6 +167,8 @@ class Session:
             error = f"agent error: {exc}"
         finally:
             self._streams.pop(rid, None)
+        if error is None:
+            return  # the start frame carried the whole response
         if error:
             log.warning("engine failed a request", error=error)
         await self._send_quietly(AgentResponseEnd(request_id=rid, error=error))

@@ -9,7 +9,8 @@ its own generation instead of filling memory anywhere on the way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 import attrs
 
@@ -62,13 +63,21 @@ class Stream:
     cancelled_by_hub: bool = False
 
 
-async def relay(engine: Engine, request: HubRequest, credit: Credit, send: Send) -> str:
-    """Send the engine's answer to the hub: start, then chunks within credit.
+#: Bytes of a non-streamed body gathered into the start frame (the rest follows as chunks).
+INLINE_BODY_MAX: Final = 4 * 1024 * 1024
 
-    Returns ``""`` when the body ended normally, else the error for
-    ``AgentResponseEnd``. The engine's response is always closed on the way
-    out; closed early (cancelled, connection lost) it aborts the engine's
-    request, so the engine stops generating.
+
+async def relay(engine: Engine, request: HubRequest, credit: Credit, send: Send) -> str | None:
+    """Send the engine's answer to the hub: a start with the first bytes, then chunks.
+
+    A non-streamed body up to :data:`INLINE_BODY_MAX` travels whole in the
+    start frame (``end=True``); a stream's start waits for its first event,
+    so the first token costs one frame, not two. Returns ``None`` when that
+    single frame already ended the response, else what ``AgentResponseEnd``
+    must say: ``""`` when the body ended normally, the error otherwise. The
+    engine's response is always closed on the way out; closed early
+    (cancelled, connection lost) it aborts the engine's request, so the
+    engine stops generating.
     """
     rid = request.request_id
     try:
@@ -76,12 +85,19 @@ async def relay(engine: Engine, request: HubRequest, credit: Credit, send: Send)
     except EngineError as exc:
         return str(exc)
     try:
+        pieces = aiter(response.chunks())
+        first, ended = await _first_piece(pieces, whole=not request.stream)
+        if first:
+            await credit.take()
         await send(
             AgentResponseStart(
-                request_id=rid, status=response.status, content_type=response.content_type
+                request_id=rid, status=response.status, content_type=response.content_type,
+                data=first, end=ended,
             )
         )
-        async for data in response.chunks():
+        if ended:
+            return None
+        async for data in pieces:
             await credit.take()
             await send(AgentResponseChunk(request_id=rid, data=data))
     except EngineError as exc:
@@ -89,3 +105,21 @@ async def relay(engine: Engine, request: HubRequest, credit: Credit, send: Send)
     finally:
         await response.aclose()
     return ""
+
+
+async def _first_piece(pieces: AsyncIterator[bytes], *, whole: bool) -> tuple[bytes, bool]:
+    """The bytes for the start frame, and whether they are the entire body.
+
+    ``whole``: gather the body up to :data:`INLINE_BODY_MAX`; otherwise take
+    the first piece only (a stream's first event must not wait for its second).
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for data in pieces:
+        if not data:
+            continue
+        parts.append(data)
+        size += len(data)
+        if not whole or size >= INLINE_BODY_MAX:
+            return b"".join(parts), False
+    return b"".join(parts), True

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from porten.bootstrap import open_event_store
+from porten.cli import admin_users
 from porten.cli._common import (
     CommandError,
     data_options,
@@ -35,8 +36,9 @@ from porten.services.projection import state_at
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``admin`` and its ``catalog`` commands."""
-    admin = sub.add_parser("admin", help="operator commands (catalog, …)")
+    admin = sub.add_parser("admin", help="operator commands (users, keys, nodes, catalog)")
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="AREA")
+    admin_users.register(asub)
     catalog = asub.add_parser("catalog", help="the curated model catalog")
     csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     parents = [data_options(), json_option()]

@@ -23,6 +23,7 @@ from porten.domain.values import (
     CatalogEntry,
     EngineKind,
     KeyPolicy,
+    Role,
     TrustClass,
     UnloadReason,
 )
@@ -215,6 +216,12 @@ class RequestServed(Event, frozen=True, kw_only=True):
     ttft_ms: float = 0.0
     duration_ms: float = 0.0
     outcome: Literal["ok", "cancelled", "node_error", "timeout"] = "ok"
+    #: What the request cost, at the catalog's prices when it was admitted (the bill's line).
+    cost_usd: float = 0.0
+    #: The key's owner and the serving node's owner at the time, so usage and earnings
+    #: are sums over the log without re-deriving who owned what when.
+    account_id: str = ""
+    node_owner_id: str = ""
 
 
 # --- keys and operators ----------------------------------------------------------
@@ -243,6 +250,54 @@ class KeyRevoked(Event, frozen=True, kw_only=True):
 
     key_id: str
     reason: str = ""
+
+
+# --- accounts ---------------------------------------------------------------------
+
+
+class UserCreated(Event, frozen=True, kw_only=True):
+    """An account was opened. ``email`` is stored lower-cased; the password only as argon2id."""
+
+    user_id: str
+    email: str
+    name: str = ""
+    password_hash: str = ""
+    role: Role = "user"
+
+
+class UserPasswordChanged(Event, frozen=True, kw_only=True):
+    """The account's password hash was replaced (a new password, or a rehash)."""
+
+    user_id: str
+    password_hash: str
+
+
+class UserRoleChanged(Event, frozen=True, kw_only=True):
+    """An operator made an account an operator, or took the role away."""
+
+    user_id: str
+    role: Role
+
+
+class UserDisabled(Event, frozen=True, kw_only=True):
+    """The account can no longer sign in, and its keys stop working on their next request."""
+
+    user_id: str
+    reason: str = ""
+
+
+class UserEnabled(Event, frozen=True, kw_only=True):
+    """A disabled account works again (its keys too, unless revoked)."""
+
+    user_id: str
+
+
+class UserNodeDefaultsSet(Event, frozen=True, kw_only=True):
+    """An operator set the region and trust class the account's newly enrolled nodes get."""
+
+    user_id: str
+    region: str = ""
+    trust_class: TrustClass = "community"
 
 
 class AdminActionTaken(Event, frozen=True, kw_only=True):
@@ -275,6 +330,12 @@ AnyEvent = (
     | KeyPolicyChanged
     | KeyRevoked
     | AdminActionTaken
+    | UserCreated
+    | UserPasswordChanged
+    | UserRoleChanged
+    | UserDisabled
+    | UserEnabled
+    | UserNodeDefaultsSet
 )
 
 EVENT_TYPES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
@@ -318,6 +379,15 @@ def stream_of(event: AnyEvent) -> str:  # noqa: PLR0911 (one return per stream f
             return f"key-{kid}"
         case AdminActionTaken():
             return "admin"
+        case (
+            UserCreated(user_id=uid)
+            | UserPasswordChanged(user_id=uid)
+            | UserRoleChanged(user_id=uid)
+            | UserDisabled(user_id=uid)
+            | UserEnabled(user_id=uid)
+            | UserNodeDefaultsSet(user_id=uid)
+        ):
+            return f"user-{uid}"
     raise TypeError(f"no stream for {type(event).__name__}")  # pragma: no cover
 
 

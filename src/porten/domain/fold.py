@@ -27,6 +27,7 @@ from porten.domain.state import (
     ModelDemand,
     NodeState,
     Placement,
+    UserState,
 )
 
 _E = TypeVar("_E", bound=ev.Event)
@@ -338,7 +339,12 @@ def _request_served(state: FleetState, e: ev.RequestServed) -> FleetState:
             tokens_served=n.tokens_served + e.prompt_tokens + e.completion_tokens,
         )
 
-    return _with_node(state, e.node_id, change)
+    state = _with_node(state, e.node_id, change)
+    k = state.keys.get(e.key_id)
+    if k is None or not e.cost_usd:
+        return state
+    return replace(state, keys=state.keys.set(e.key_id, replace(k, spent_usd=k.spent_usd +
+                                                                  e.cost_usd)))
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -384,6 +390,68 @@ def _key_revoked(state: FleetState, e: ev.KeyRevoked) -> FleetState:
         state,
         keys=state.keys.set(e.key_id, replace(k, revoked_at=e.at)),
         keys_by_hash=keys_by_hash,
+    )
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+def _with_user(
+    state: FleetState, user_id: str, change: Callable[[UserState], UserState]
+) -> FleetState:
+    user = state.users.get(user_id)
+    if user is None:
+        return state
+    return replace(state, users=state.users.set(user_id, change(user)))
+
+
+@_on(ev.UserCreated)
+def _user_created(state: FleetState, e: ev.UserCreated) -> FleetState:
+    email = e.email.lower()
+    if e.user_id in state.users or email in state.users_by_email:
+        return state  # first come keeps the id and the email: a second claim is ignored
+    u = UserState(
+        user_id=e.user_id,
+        email=email,
+        name=e.name,
+        password_hash=e.password_hash,
+        role=e.role,
+        created_at=e.at,
+    )
+    return replace(
+        state,
+        users=state.users.set(e.user_id, u),
+        users_by_email=state.users_by_email.set(email, e.user_id),
+    )
+
+
+@_on(ev.UserPasswordChanged)
+def _user_password_changed(state: FleetState, e: ev.UserPasswordChanged) -> FleetState:
+    return _with_user(state, e.user_id, lambda u: replace(u, password_hash=e.password_hash))
+
+
+@_on(ev.UserRoleChanged)
+def _user_role_changed(state: FleetState, e: ev.UserRoleChanged) -> FleetState:
+    return _with_user(state, e.user_id, lambda u: replace(u, role=e.role))
+
+
+@_on(ev.UserDisabled)
+def _user_disabled(state: FleetState, e: ev.UserDisabled) -> FleetState:
+    return _with_user(
+        state, e.user_id, lambda u: u if u.disabled_at is not None else replace(u, disabled_at=e.at)
+    )
+
+
+@_on(ev.UserEnabled)
+def _user_enabled(state: FleetState, e: ev.UserEnabled) -> FleetState:
+    return _with_user(state, e.user_id, lambda u: replace(u, disabled_at=None))
+
+
+@_on(ev.UserNodeDefaultsSet)
+def _user_node_defaults(state: FleetState, e: ev.UserNodeDefaultsSet) -> FleetState:
+    return _with_user(
+        state, e.user_id,
+        lambda u: replace(u, node_region=e.region, node_trust_class=e.trust_class),
     )
 
 

@@ -15,7 +15,7 @@ import msgspec
 
 from porten.domain.state import FleetState
 
-STATE_SCHEMA: Final = 1
+STATE_SCHEMA: Final = 2
 
 
 def _enc_hook(obj: Any) -> Any:

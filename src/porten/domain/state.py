@@ -21,6 +21,7 @@ from porten.domain.values import (
     EngineKind,
     KeyPolicy,
     LoadPhase,
+    Role,
     TrustClass,
 )
 
@@ -122,11 +123,38 @@ class KeyState(msgspec.Struct, frozen=True, kw_only=True):
     policy: KeyPolicy = KeyPolicy()
     created_at: float
     revoked_at: float | None = None
+    #: Everything metered against the key so far (the budget's "spent").
+    spent_usd: float = 0.0
 
     @property
     def active(self) -> bool:
         """Whether requests with this key are accepted."""
         return self.revoked_at is None
+
+
+class UserState(msgspec.Struct, frozen=True, kw_only=True):
+    """An account: owns keys and nodes. Never the password, only its argon2id hash."""
+
+    user_id: str
+    email: str
+    name: str = ""
+    password_hash: str = ""
+    role: Role = "user"
+    created_at: float
+    disabled_at: float | None = None
+    #: Region and trust class a node this account enrols starts with (operator-set).
+    node_region: str = ""
+    node_trust_class: TrustClass = "community"
+
+    @property
+    def active(self) -> bool:
+        """Whether the account may sign in and its keys work."""
+        return self.disabled_at is None
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether the account may use the admin API (an active operator)."""
+        return self.role == "operator" and self.disabled_at is None
 
 
 class FleetState(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +168,9 @@ class FleetState(msgspec.Struct, frozen=True, kw_only=True):
     keys_by_hash: immutables.Map[str, str] = immutables.Map()
     #: credential hash → node id, so an agent's connection is authenticated in one lookup.
     nodes_by_credential: immutables.Map[str, str] = immutables.Map()
+    users: immutables.Map[str, UserState] = immutables.Map()
+    #: lower-cased email → user id (the first account opened with an email keeps it).
+    users_by_email: immutables.Map[str, str] = immutables.Map()
     events_folded: int = 0
 
 

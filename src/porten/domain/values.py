@@ -20,6 +20,8 @@ EngineKind = str  # "builtin", "sim", "ollama", "openai" or a plugin's name
 LoadPhase = Literal["requested", "downloading", "loading", "ready"]
 UnloadReason = Literal["idle", "evicted", "operator", "node_lost", "engine_exited", "failed"]
 Fleet = Literal["all", "own"]
+#: An account's role: operators may use the admin API and CLI.
+Role = Literal["user", "operator"]
 
 
 def trust_rank(trust: TrustClass) -> int:

@@ -56,4 +56,7 @@ def authenticate(state: FleetState, server_secret: bytes, headers: Sequence[str]
     key = state.keys.get(key_id) if key_id is not None else None
     if key is None or not key.active or not hmac.compare_digest(key.secret_hash, digest):
         raise Unauthenticated("invalid or revoked API key")
+    owner = state.users.get(key.owner_id)
+    if owner is not None and not owner.active:
+        raise Unauthenticated("invalid or revoked API key")  # the account is disabled
     return key

@@ -205,9 +205,11 @@ class BatchingWriter:
         """Give fire-and-forget events a moment to gather into one transaction.
 
         At low load every ``request_served`` would otherwise be a transaction of
-        its own (and a read-back by every follower). Nobody waits on submitted
-        events, so a few milliseconds cost nothing; an awaited append in the
-        queue, a full batch, or shutdown ends the wait at once.
+        its own (and a read-back by every follower), and that commit's CPU lands
+        on the event loop in the middle of a later request. Nobody waits on
+        submitted events, so tens of milliseconds cost nothing (the hub's default
+        is 50 ms, ``PORTEN_EVENT_LINGER_MS``); an awaited append in the queue, a
+        full batch, or shutdown ends the wait at once.
         """
         if self._linger_s <= 0 or self._closing:
             return

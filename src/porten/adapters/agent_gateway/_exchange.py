@@ -1,6 +1,7 @@
 """One request and its response over a node's link, seen from the hub.
 
-The agent delivers ``start``, then body chunks, then an end; the exchange
+The agent delivers ``start`` (with the body's first bytes, or all of it and
+the end), then body chunks, then an end; the exchange
 buffers at most ``window`` chunks (the agent may not send more before it
 gets credit, see :mod:`porten.protocol`) and hands credit back in batches as
 its consumer takes chunks. A consumer that stops reading therefore stalls
@@ -142,10 +143,16 @@ class Exchange:
     # --- called by the link's reader (synchronously, in frame order) ---------------
 
     def deliver_start(self, start: AgentResponseStart) -> str | None:
-        """Record the start; the protocol violation, if it is one."""
+        """Record the start (and the body bytes it carries); the protocol violation, if any."""
         if self._started.done():
             return "a second response start for the same request"
         self._started.set_result(start)
+        if start.data:
+            violation = self.deliver_chunk(start.data)
+            if violation is not None:
+                return violation
+        if start.end:
+            self.deliver_end("")
         return None
 
     def deliver_chunk(self, data: bytes) -> str | None:

@@ -19,8 +19,10 @@ HTTP  type                   code                          factory
 400   invalid_request_error  model_does_not_support_<cap>  :func:`model_lacks_capability`
 401   invalid_request_error  invalid_api_key               :func:`invalid_api_key`
 403   invalid_request_error  model_not_allowed             :func:`model_not_allowed`
+403   invalid_request_error  permission_denied             :func:`permission_denied`
 404   invalid_request_error  model_not_found               :func:`model_not_found`
 404   invalid_request_error  not_found                     :func:`route_not_found`
+404   invalid_request_error  not_found                     :func:`not_found`
 405   invalid_request_error  method_not_allowed            :func:`method_not_allowed`
 413   invalid_request_error  request_too_large             :func:`request_too_large`
 429   rate_limit_error       rate_limit_exceeded           :func:`rate_limit_exceeded`
@@ -28,6 +30,7 @@ HTTP  type                   code                          factory
 502   server_error           node_error                    :func:`node_error`
 503   service_unavailable    no_available_node             :func:`no_available_node`
 503   service_unavailable    model_warming                 :func:`model_warming`
+503   service_unavailable    budget_unavailable            :func:`budget_unavailable`
 504   server_error           gateway_timeout               :func:`gateway_timeout`
 ====  =====================  ============================  ==========================
 
@@ -219,6 +222,16 @@ def model_not_allowed(model: str, reason: str | None = None) -> ApiError:
     )
 
 
+def permission_denied(message: str) -> ApiError:
+    """A 403 for a valid key that may not do this (a non-operator on the admin API)."""
+    return ApiError(403, message, code="permission_denied")
+
+
+def not_found(what: str) -> ApiError:
+    """A 404 for a named thing (a key, a node, an account) that does not exist."""
+    return ApiError(404, what, code="not_found")
+
+
 def model_not_found(model: str) -> ApiError:
     """A 404 for a model id the catalog does not offer."""
     return ApiError(
@@ -313,6 +326,21 @@ def model_warming(model: str, retry_after_s: float) -> ApiError:
         "it will be ready shortly.",
         error_type=SERVICE_UNAVAILABLE,
         code="model_warming",
+        retry_after=retry_after_seconds(retry_after_s),
+    )
+
+
+def budget_unavailable(retry_after_s: float) -> ApiError:
+    """A 503 for a budgeted key while the shared limiter (Redis) cannot be reached.
+
+    Fail-closed: a budget that cannot be checked is not spent.
+    """
+    return ApiError(
+        503,
+        "This API key has a spending budget, and the hub cannot check it right now. "
+        "Retry after the Retry-After delay.",
+        error_type=SERVICE_UNAVAILABLE,
+        code="budget_unavailable",
         retry_after=retry_after_seconds(retry_after_s),
     )
 

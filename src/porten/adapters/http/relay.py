@@ -38,6 +38,7 @@ from porten.domain.state import FleetState
 from porten.protocol import AgentResponseStart, HubRequest
 from porten.scheduler.eligibility import Requester
 from porten.scheduler.routing import NodeLoad, candidates
+from porten.services.admission import Charge
 from porten.services.demand import DemandMeter
 from porten.services.loads import LoadsFailed, ModelNotOffered, ModelWarming, NoCompliantNode
 from porten.services.writer import BatchingWriter
@@ -66,6 +67,8 @@ class Job:
     deadline: float  # loop time
     #: How long this request may wait for a cold model to load before a 503 model_warming.
     warmup_budget_s: float = 300.0
+    #: Prices the metered usage and settles the key's limits: (node, prompt, completion).
+    charge: Callable[[str, int, int], Charge] | None = None
 
 
 @attrs.define
@@ -239,13 +242,16 @@ class Relay:
         self.in_flight[key] -= 1
         if self.in_flight[key] <= 0:
             del self.in_flight[key]
+        c = job.charge(node_id, usage.prompt_tokens, usage.completion_tokens) if job.charge \
+            else Charge()
         self.writer.submit([
             RequestServed(
                 at=self.clock(), actor="hub", correlation_id=job.request_id,
                 request_id=job.request_id, model_id=job.model_id, node_id=node_id,
                 key_id=job.key_id, prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens, ttft_ms=ttft_s * 1000.0,
-                duration_ms=duration_s * 1000.0, outcome=outcome,
+                duration_ms=duration_s * 1000.0, outcome=outcome, cost_usd=c.cost_usd,
+                account_id=c.account_id, node_owner_id=c.node_owner_id,
             )
         ], expected={f"request-{job.request_id}": NO_STREAM})
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from porten.adapters.http import errors
 from porten.adapters.http.context import request_id_of
 from porten.adapters.http.hubkeys import HUB, RELAY
-from porten.adapters.http.openai_types import ModelList, model_card
+from porten.adapters.http.limits import admit
+from porten.adapters.http.openai_types import ModelList, completion_cap, model_card
 from porten.adapters.http.openai_validation import (
     check_capabilities,
     decode_chat_request,
@@ -29,6 +30,7 @@ from porten.adapters.http.sse import estimate_tokens
 from porten.domain.state import FleetState, KeyState
 from porten.domain.values import CatalogEntry
 from porten.scheduler.eligibility import Requester, model_allowed, node_admits
+from porten.services.admission import Admission
 from porten.services.auth import Unauthenticated, authenticate
 
 log = structlog.get_logger(__name__)
@@ -70,6 +72,7 @@ def _job(
     include_usage: bool,
     prompt_bytes: int,
     affinity: str | None,
+    admission: Admission,
 ) -> Job:
     hub = request.app[HUB]
     return Job(
@@ -85,17 +88,21 @@ def _job(
         affinity=affinity,
         deadline=asyncio.get_running_loop().time() + hub.settings.request_timeout_s,
         warmup_budget_s=hub.settings.warmup_budget_s,
+        charge=admission.charge,
     )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``, streaming and not."""
     key = _authenticate(request)
-    decoded = decode_chat_request(await request.read())
+    raw = await request.read()
+    decoded = decode_chat_request(raw)
     chat = decoded.request
     entry = _offered(request.app[HUB].projection.state, chat.model)
     check_capabilities(chat, entry)
     requester = _requester(key, entry.id)
+    admission = await admit(request, key, entry, prompt_bytes=len(raw),
+                            completion_cap=completion_cap(chat))
     include_usage = bool(chat.stream and chat.stream_options and chat.stream_options.include_usage)
     overrides: dict[str, Any] = {"model": entry.id}
     if chat.stream:  # the hub always meters; the client sees usage only if it asked
@@ -103,30 +110,44 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         overrides["stream_options"] = {
             **(options if isinstance(options, dict) else {}), "include_usage": True
         }
+    if admission.completion_cap is not None:  # the key's budget buys no more than this
+        cap_field = "max_completion_tokens" if chat.max_completion_tokens is not None \
+            else "max_tokens"
+        overrides[cap_field] = admission.completion_cap
     body = forward_body(decoded.raw, **overrides)
     job = _job(request, key, requester, model_id=entry.id, path="/v1/chat/completions",
                body=body, stream=chat.stream, include_usage=include_usage,
-               prompt_bytes=len(body), affinity=chat.user)
+               prompt_bytes=len(body), affinity=chat.user, admission=admission)
     relay = request.app[RELAY]
-    with structlog.contextvars.bound_contextvars(model=entry.id):
-        if chat.stream:
-            return await relay.stream(request, job)
-        return await relay.complete(job)
+    try:
+        with structlog.contextvars.bound_contextvars(model=entry.id):
+            if chat.stream:
+                return await relay.stream(request, job)
+            return await relay.complete(job)
+    finally:  # a request no node metered cost nothing: give its reservation back
+        admission.release()
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """``POST /v1/embeddings`` (a string or a list of inputs)."""
     key = _authenticate(request)
-    decoded = decode_embeddings_request(await request.read())
+    raw = await request.read()
+    decoded = decode_embeddings_request(raw)
     req = decoded.request
     entry = _offered(request.app[HUB].projection.state, req.model)
     check_capabilities(req, entry)
     requester = _requester(key, entry.id)
+    admission = await admit(request, key, entry, prompt_bytes=len(raw), completion_cap=None,
+                            completion=False)
     body = forward_body(decoded.raw, model=entry.id)
     job = _job(request, key, requester, model_id=entry.id, path="/v1/embeddings", body=body,
-               stream=False, include_usage=False, prompt_bytes=len(body), affinity=None)
-    with structlog.contextvars.bound_contextvars(model=entry.id):
-        return await request.app[RELAY].complete(job)
+               stream=False, include_usage=False, prompt_bytes=len(body), affinity=None,
+               admission=admission)
+    try:
+        with structlog.contextvars.bound_contextvars(model=entry.id):
+            return await request.app[RELAY].complete(job)
+    finally:
+        admission.release()
 
 
 async def models(request: web.Request) -> web.Response:

@@ -1,0 +1,1 @@
+"""Redis adapters: the shared rate limiter (and, later, which hub holds which node)."""
