@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import attrs
 from aiohttp import web
-from loading_harness import sse_payloads
+from loading_harness import provisionable, sse_payloads
 from v1_harness import FAST, Porten, eventually
 
 from porten.agent.engines.builtin import BuiltinEngine
@@ -61,6 +61,7 @@ async def builtin_hub(
         await hub.planner.aclose()
         porten = Porten(hub=hub, url=url, api_key=setup.api_key, engine=engine,  # type: ignore[arg-type]
                         profile=FAST)
+        await eventually(lambda: provisionable(porten, LOCAL), what="the local node online")
         try:
             yield porten
         finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import pytest
 from builtin_harness import builtin_engine
-from loading_harness import chat, logged
+from loading_harness import chat, logged, provisionable
 from stand_ins import gguf, llama_server, sha256
 from v1_harness import FAST, Porten, eventually
 
@@ -112,8 +112,8 @@ async def test_no_engine_process_outlives_the_agent(
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:
-            await eventually(lambda: porten.hub.gateway.link(LOCAL_NODE) is not None,
-                             within=60.0, what="the agent connected")
+            await eventually(lambda: provisionable(porten, LOCAL_NODE), within=60.0,
+                             what="the agent connected and its node online")
             reply = await chat(porten, MODEL, "spawn the engine")
             assert reply.status == 200, reply.body
             engines = descendants(proc.pid)
@@ -148,8 +148,8 @@ async def test_after_a_hub_restart_the_agent_reports_what_it_still_serves(
                 backoff=Backoff(base_s=0.05, cap_s=0.2, rng=random.Random(3)),
             )
             task = asyncio.create_task(agent.run())
-            await eventually(lambda: first.hub.gateway.link(LOCAL_NODE) is not None,
-                             what="connected")
+            await eventually(lambda: provisionable(first, LOCAL_NODE),
+                             what="connected and online")
             assert (await chat(first, MODEL, "load it")).status == 200
             pid = engine.processes[MODEL].pid
         sessions = agent.sessions

@@ -32,6 +32,11 @@ def free_port() -> int:
         return port
 
 
+def online(porten: Porten, node_id: str) -> bool:
+    node = porten.hub.projection.state.nodes.get(node_id)
+    return porten.hub.gateway.link(node_id) is not None and node is not None and node.online
+
+
 async def offer(porten: Porten) -> None:
     from porten.services.local_setup import ensure_local_setup
 
@@ -56,8 +61,7 @@ async def test_an_ollama_down_at_start_serves_once_it_answers_and_stops_when_it_
                   inventory_poll_s=0.05)
     task = asyncio.create_task(agent.run())
     try:
-        await eventually(lambda: porten.hub.gateway.link("ollama-node") is not None,
-                         what="the node connected")
+        await eventually(lambda: online(porten, "ollama-node"), what="the node online")
         down = await chat(porten, MODEL, "anyone?")
         error_of(down, 503, "no_available_node")
 
