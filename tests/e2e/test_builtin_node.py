@@ -71,6 +71,7 @@ async def test_a_cold_request_downloads_loads_answers_and_idles_out(
         attrs.evolve(settings, idle_unload_s=IDLE_S), engine, [tiny(url)]
     ) as porten, watching(porten, MODEL) as watch:
         asking = asyncio.create_task(chat(porten, MODEL, "hello node"))
+        # the server pauses at half; the agent re-sends the figure it stalled at
         await eventually(lambda: watch.seen("downloading", partly=True), what="half downloaded")
         gate.released.set()
         reply = await asyncio.wait_for(asking, 30.0)
@@ -81,8 +82,9 @@ async def test_a_cold_request_downloads_loads_answers_and_idles_out(
         phases = [e["phase"] for e in watch.events]
         assert phases[0] == "cold"
         assert phases.index("downloading") < phases.index("loading") < phases.index("ready")
-        half = next(e for e in watch.events if e["phase"] == "downloading" and e["pct"] > 0)
-        assert (half["total_mb"], half["pct"]) == (3, 50)
+        partial = [e for e in watch.events if e["phase"] == "downloading" and 0 < e["pct"] < 100]
+        assert {e["total_mb"] for e in partial} == {3}
+        assert partial[0]["pct"] <= 50  # seen while the server held at half
 
         process = engine.processes[MODEL]
         assert process.pid is not None

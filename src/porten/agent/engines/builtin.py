@@ -66,10 +66,11 @@ _MODEL_OF: Final = msgspec.json.Decoder(_RequestModel)
 class _Throttled:
     """Forwards progress to the hub at most :data:`PROGRESS_STEPS` times a phase.
 
-    :meth:`flush` (called on a timer) forwards the latest figure again if it
-    moved since the last flush: the hub keeps at most one progress event per
+    :meth:`flush` (called on a timer) forwards the latest figure again while
+    the phase is unfinished: the hub keeps at most one progress event per
     250 ms, so a figure sent just after another may be dropped there, and a
-    download that then stalls would show its old figure for as long as it stalls.
+    download that then stalls would show its old figure for as long as it
+    stalls. One small message per tick; the hub ignores repeats.
     """
 
     def __init__(self, progress: LoadProgress, bars: DownloadBars | None, model_id: str) -> None:
@@ -78,7 +79,6 @@ class _Throttled:
         self._model_id = model_id
         self._sent: tuple[LoadPhase, int, int] | None = None
         self._latest: tuple[LoadPhase, int, int] | None = None
-        self._flushed: tuple[LoadPhase, int, int] | None = None
 
     def __call__(self, phase: LoadPhase, done: int, total: int) -> None:
         if self._bars is not None and phase == "downloading":
@@ -90,9 +90,8 @@ class _Throttled:
             self._forward()
 
     def flush(self) -> None:
-        """Forward the latest progress (again) if it moved since the last flush."""
-        if self._latest is not None and self._latest != self._flushed:
-            self._flushed = self._latest
+        """Forward the latest progress (again) unless its phase is complete."""
+        if self._latest is not None and self._latest[1] < self._latest[2]:
             self._forward()
 
     def _forward(self) -> None:
