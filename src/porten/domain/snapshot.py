@@ -15,7 +15,8 @@ import msgspec
 
 from porten.domain.state import FleetState
 
-STATE_SCHEMA: Final = 1
+#: 2: placements gained ``draining`` / ``drained_for``.
+STATE_SCHEMA: Final = 2
 
 
 def _enc_hook(obj: Any) -> Any:
