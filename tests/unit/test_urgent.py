@@ -250,6 +250,20 @@ def test_a_node_backing_off_is_skipped_until_the_window_passes(b: FleetBuilder) 
     assert placed(alone, now=alone.now + 120.0).load.node_id == "n1"
 
 
+def test_a_back_off_refusal_says_when_to_retry(b: FleetBuilder) -> None:
+    """The retry delay is what is left of the earliest back-off, by the schedule: 30 s after
+    one failure, 60 s after two, 120 s after three (then capped)."""
+    b.node("n1").node("n2").fail("n1", "cold", times=3).fail("n2", "cold", times=2)
+    out = place(b, now=b.now + 10.0)
+    assert isinstance(out, Unplaceable)
+    assert out.retry_after_s == 50.0  # n2: 60 s after its second failure, 10 s ago
+    assert placed(b, now=b.now + 60.0).load.node_id == "n2"  # open again, as promised
+    clear = FleetBuilder().model("cold", 10_000).node("n1", vram_mb=8_000)
+    too_big = place(clear)
+    assert isinstance(too_big, Unplaceable)
+    assert too_big.retry_after_s == 0.0  # no back-off: no schedule to tell
+
+
 def test_backing_off_everywhere_names_every_node(b: FleetBuilder) -> None:
     """Failures on every candidate are listed with their counts."""
     b.node("n1").node("n2").fail("n1", "cold").fail("n2", "cold", times=2)

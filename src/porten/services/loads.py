@@ -49,7 +49,7 @@ from porten.scheduler.plan import (
     Unplaceable,
 )
 from porten.scheduler.urgent import place_urgently
-from porten.services.drains import Drains
+from porten.services.drains import Drains, draining
 from porten.services.projection import FleetProjection
 from porten.services.writer import BatchingWriter
 
@@ -59,6 +59,8 @@ log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
 #: Longest wait between two looks at the state while a request waits for a model.
 RECHECK_S = 0.5
+#: Loads remembered per model for the requests waiting on its lock.
+_STARTED_KEPT = 16
 
 
 #: Retry-After for a refusal whose end is not known (no back-off to wait out).
@@ -138,6 +140,13 @@ class _Waits:
     #: The last drain it waited on, in words ("" when none).
     drain: str = ""
 
+    def adopt(self, started: list[tuple[str, str, float]], since: float) -> None:
+        """Follow the loads started (by any request) since this one began waiting: when it
+        waited on the model's lock while another started a load, that load is its too."""
+        for node_id, load_id, at in started:
+            if at >= since:
+                self.following.setdefault(node_id, (load_id, at))
+
     def observe(self, state: FleetState, model_id: str, pending: list[tuple[NodeState,
                                                                           Placement]]) -> None:
         """Count each followed load that failed (or lost its node); follow new ones."""
@@ -171,6 +180,10 @@ class LoadCoordinator:
     )
     _drains: Drains = attrs.field(init=False)
     _tasks: set[asyncio.Task[str | DrainPlacement]] = attrs.field(factory=set)
+    #: Per model, the last loads started here: (node, load id, when), newest last.
+    _started: defaultdict[str, list[tuple[str, str, float]]] = attrs.field(
+        factory=lambda: defaultdict(list)
+    )
 
     def __attrs_post_init__(self) -> None:
         self._drains = Drains(self.store, self.writer, self.projection, self.gateway,
@@ -186,7 +199,7 @@ class LoadCoordinator:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
-        waits = _Waits()
+        waits, began = _Waits(), self.clock()
         while True:
             state = self.projection.state
             c = state.catalog.get(model_id)
@@ -196,11 +209,14 @@ class LoadCoordinator:
             if any(self.gateway.link(n.node_id) is not None for n in ready):
                 return
             pending = loading(state, model_id, requester)
+            waits.adopt(self._started[model_id], began)
             waits.observe(state, model_id, pending)
             if not ready and not pending:
                 if len(waits.failed) >= MAX_ATTEMPTS:
                     raise LoadsFailed(model_id, self._failures(state, model_id, waits.failed))
-                started = await self._start(model_id, requester, deadline - loop.time(), waits)
+                started = await self._start(
+                    model_id, requester, deadline - loop.time(), waits, began
+                )
                 if started:
                     continue
             remaining = deadline - loop.time()
@@ -214,8 +230,10 @@ class LoadCoordinator:
                 await asyncio.wait_for(self.projection.changed(),
                                        timeout=min(remaining, RECHECK_S))
 
-    async def _start(self, model_id: str, requester: Requester, remaining: float,
-                     waits: _Waits) -> bool:
+    async def _start(
+        self, model_id: str, requester: Requester, remaining: float, waits: _Waits,
+        began: float,
+    ) -> bool:
         """Decide and start a load (or drains) within ``remaining``; whether to look again now.
 
         The decision runs as its own task under the model's lock: if the budget
@@ -229,10 +247,14 @@ class LoadCoordinator:
         except TimeoutError:
             return False  # out of budget: the caller raises; the task goes on
         except NoCompliantNode:
-            if waits.failed:  # loads it waited on failed and no node is left: say what failed
-                raise LoadsFailed(
-                    model_id, self._failures(self.projection.state, model_id, waits.failed)
-                ) from None
+            # Loads it waited on (or that started while it waited on the lock) failed and
+            # no node is left: say what failed, as every other waiter of those loads does.
+            state = self.projection.state
+            waits.adopt(self._started[model_id], began)
+            waits.observe(state, model_id, [])
+            if waits.failed:
+                raise LoadsFailed(model_id, self._failures(state, model_id, waits.failed)) \
+                    from None
             raise
         if isinstance(outcome, DrainPlacement):
             waits.drain = outcome.reason
@@ -250,13 +272,24 @@ class LoadCoordinator:
             return await self._start_if_still_cold(model_id, requester)
 
     def _out_of_time(self, model_id: str, requester: Requester, waits: _Waits) -> Exception:
-        """The error for a request whose warm-up budget ended while the model was not ready."""
+        """The error for a request whose warm-up budget ended while the model was not ready:
+        still loading (503 model_warming), its loads failed (502), or room for it is still
+        being drained (503 no_available_node, saying which)."""
         state = self.projection.state
-        if loading(state, model_id, requester) or not (waits.failed or waits.drain):
+        if loading(state, model_id, requester):
             return ModelWarming(model_id, self._eta(state, model_id, requester))
         if waits.failed:
             return LoadsFailed(model_id, self._failures(state, model_id, waits.failed))
-        return NoCompliantNode(model_id, waits.drain)
+        drains = [(n, m) for n, m, for_model in draining(state) if for_model == model_id]
+        if drains:
+            named = ", ".join(f"{m} on {n}" for n, m in drains)
+            return NoCompliantNode(
+                model_id, f"making room for it: draining {named} (their requests in flight "
+                "finish first)",
+            )
+        if waits.drain:
+            return NoCompliantNode(model_id, waits.drain)
+        return ModelWarming(model_id, self._eta(state, model_id, requester))
 
     async def _start_if_still_cold(self, model_id: str, requester: Requester
                                    ) -> str | DrainPlacement:
@@ -293,6 +326,9 @@ class LoadCoordinator:
                 await self.projection.wait_until(await self.store.head(), timeout=30.0)
                 continue
             await self.projection.wait_until(position, timeout=30.0)
+            started = self._started[model_id]
+            started.append((decision.load.node_id, load_id, self.clock()))
+            del started[:-_STARTED_KEPT]
             await self._command(decision.load.node_id, decision.evictions, load_id, model_id)
             log.info("load started", model=model_id, node_id=decision.load.node_id,
                      load_id=load_id, reason=decision.load.reason,

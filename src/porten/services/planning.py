@@ -1,7 +1,7 @@
 """The planner's loop in the hub: plan on a cadence and on demand changes, then apply.
 
-Between rounds, while any copy is draining, it ticks every
-:data:`DRAIN_TICK_S` to unload those whose last request has ended
+Between rounds it ticks every :data:`DRAIN_TICK_S` and unloads the
+draining copies whose last request has ended
 (:mod:`porten.services.drains`). Plans unload copies of withdrawn models
 (reason ``operator``) like any other decision.
 
@@ -85,15 +85,14 @@ class PlannerLoop:
         loop = asyncio.get_running_loop()
         next_plan = loop.time() + self._cadence_s
         while True:
-            timeout = next_plan - loop.time()
-            if draining(self._projection.state):  # finish drains within a tick of their end
-                timeout = min(timeout, DRAIN_TICK_S)
+            timeout = min(next_plan - loop.time(), DRAIN_TICK_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
-            try:
-                await self._drains.finish()
-            except Exception:
-                log.exception("finishing drains failed; trying again next tick")
+            if draining(self._projection.state):  # finish drains within a tick of their end
+                try:
+                    await self._drains.finish()
+                except Exception:
+                    log.exception("finishing drains failed; trying again next tick")
             if not self._wake.is_set() and loop.time() < next_plan:
                 continue
             self._wake.clear()
