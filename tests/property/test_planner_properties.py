@@ -232,13 +232,16 @@ def assert_last_copies_kept(s: Scenario, p: Plan) -> None:
     for u in p.unloads:
         m = u.model_id
         rate = f.demand_rate(s.state, m, s.now, CONFIG)
-        if u.reason == "idle" or rate <= 0 or any(m in n.placements for n in online):
+        if u.reason != "evicted" or rate <= 0 or any(m in n.placements for n in online):
             continue
         node = s.state.nodes[u.node_id]
-        pinned_vram, _ = _sizes(s.state, _pinned(s, node))
-        evictable_vram, _ = _sizes(s.state, f.evictable(node, s.busy))
-        if pinned_vram + evictable_vram > node.vram_budget_mb:
-            continue  # over its room: it sheds
+        pinned_vram, pinned_disk = _sizes(s.state, _pinned(s, node))
+        kept_vram, kept_disk = _sizes(s.state, f.evictable(node, s.busy))
+        if (
+            pinned_vram + kept_vram > node.vram_budget_mb
+            or pinned_disk + kept_disk > node.disk_budget_mb
+        ):
+            continue  # over its room (VRAM or disk): it sheds
         causes = [
             x
             for n, x in loaded
@@ -318,9 +321,13 @@ def test_on_a_neighbourhood_the_promises_hold_too(s: Scenario) -> None:
 @PLANS
 @given(scenarios())
 def test_unload_reasons_are_true(s: Scenario) -> None:
-    """ "idle" only after a whole unused window with no demand; otherwise "evicted"."""
+    """ "idle" only after a whole unused window with no demand; "operator" only for a model
+    the catalog withdrew; otherwise "evicted"."""
     for u in _plan(s).unloads:
-        assert u.reason in ("idle", "evicted")
+        assert u.reason in ("idle", "evicted", "operator")
+        if u.reason == "operator":
+            assert not s.state.catalog[u.model_id].offered
+            assert u.detail == f"{u.model_id} was withdrawn from the catalog"
         if u.reason == "idle":
             p = s.state.nodes[u.node_id].placements[u.model_id]
             assert s.now - p.last_used_at >= CONFIG.demand_window_s
@@ -345,7 +352,7 @@ def test_the_solvers_view_of_an_applied_plan_is_the_folded_one(s: Scenario) -> N
     the problem the fold of the previous round's events would give.
     """
     p = _plan(s)
-    idle = [(u.node_id, u.model_id) for u in p.unloads if u.reason == "idle"]
+    idle = [(u.node_id, u.model_id) for u in p.unloads if u.reason in ("idle", "operator")]
     evicted = {(u.node_id, u.model_id) for u in p.unloads if u.reason == "evicted"}
     changes = Changes(unloads=frozenset(evicted), loads=frozenset(_pairs(p.loads)))
     advanced = advance(build_fleet(s.state, s.now, CONFIG, s.busy, gone=idle), changes)
