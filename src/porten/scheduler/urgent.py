@@ -7,10 +7,12 @@ loading exactly as for serving — that are online, provisionable, could ever
 hold the model, are not backing off from it and do not hold it already.
 
 1. **Free room.** A node where it fits now wins: weights already on disk
-   first (seconds to load instead of minutes), then the tightest fit — the
-   least VRAM left over — so small models fill small gaps and a big node's
-   room stays whole for a big model (worst fit strands large models:
-   simulations/README.md), then node id.
+   first (seconds to load instead of minutes), else the node with the least
+   left to download ahead of it (one link per node: queued behind another
+   model's download, a first load takes twice as long), then the tightest
+   fit — the least VRAM left over — so small models fill small gaps and a
+   big node's room stays whole for a big model (worst fit strands large
+   models: simulations/README.md), then node id.
 2. **Evict idle copies, by demand.** Each copy is costed by the demand it
    would leave unserved, and may go only for a model with more demand than
    that, or when it is the long tail (``_room``,

@@ -222,7 +222,8 @@ class LoadCoordinator:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise self._out_of_time(model_id, requester, waits)
-            await self._drains.finish()
+            if waits.drain:  # room is being drained for it: end each drain promptly
+                await self._drains.finish()
             # Re-check at least every RECHECK_S: a node can be ready in the log a moment
             # before its connection is installed (which no event announces), and a drain's
             # last request can end (which only the busy count shows).
