@@ -321,6 +321,18 @@ def load_failed() -> st.SearchStrategy[ev.LoadFailed]:
 
 
 @functools.cache
+def model_draining() -> st.SearchStrategy[ev.ModelDraining]:
+    """:class:`~porten.domain.events.ModelDraining`."""
+    return _event(
+        ev.ModelDraining,
+        node_id=node_ids(),
+        model_id=model_ids(),
+        evicted_for=st.just("") | model_ids(),
+        detail=words(),
+    )
+
+
+@functools.cache
 def model_unloaded() -> st.SearchStrategy[ev.ModelUnloaded]:
     """:class:`~porten.domain.events.ModelUnloaded`."""
     return _event(
@@ -532,6 +544,7 @@ EVENT_STRATEGIES: Final[dict[type[ev.Event], Callable[[], st.SearchStrategy[Any]
     ev.LoadProgressed: load_progressed,
     ev.ModelLoaded: model_loaded,
     ev.LoadFailed: load_failed,
+    ev.ModelDraining: model_draining,
     ev.ModelUnloaded: model_unloaded,
     ev.DemandObserved: demand_observed,
     ev.RequestServed: request_served,
@@ -620,7 +633,7 @@ def _draw_follow_up(draw: st.DrawFn, state: FleetState) -> Any:
             return replace(e, node_id=node.node_id, model_id=p.model_id, load_id=p.load_id)
         case "use":
             node, p = target
-            e = draw(st.one_of(request_served(), model_unloaded()))
+            e = draw(st.one_of(request_served(), model_draining(), model_unloaded()))
             return replace(e, node_id=node.node_id, model_id=p.model_id)
         case _:  # "key"
             e = draw(st.one_of(key_revoked(), key_policy_changed()))

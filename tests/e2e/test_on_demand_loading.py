@@ -330,7 +330,7 @@ async def test_a_cold_model_that_fits_nowhere_evicts_the_least_demanded(
         assert all(porten.serves(LOCAL, m) for m in (CHAT, REASONING, EMBEDDING))
         victim, winner = await asyncio.gather(explain(settings, VISION), explain(settings, SPARE))
         assert f"unloaded (evicted) to make room for {SPARE}: made room for {SPARE}" in victim
-        assert f"load requested: requested now; evicting {VISION} on {LOCAL}" in winner
+        assert f"load requested: requested now (0 req/s); evicting {VISION} on {LOCAL}" in winner
         assert "loaded and serving" in winner
 
 
@@ -370,7 +370,7 @@ async def test_when_only_busy_models_could_make_room_the_request_is_refused(
         )
         refused = await chat(porten, SPARE, "no room", **SHORT)
         error = error_of(refused, 503, "no_available_node")
-        assert "serving requests for the models it would evict" in error["message"]
+        assert f"{REASONING} on {LOCAL}: 0.0017 req/s, serving requests" in error["message"]
         assert int(refused.headers["Retry-After"]) >= 1
         assert await logged(porten, ev.ModelUnloaded) == []
         assert await logged(porten, ev.LoadRequested) == []

@@ -22,26 +22,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from porten.domain import events as ev
 from porten.domain.codec import encode_event
 from porten.domain.state import FleetState, NodeState
 from porten.domain.values import TRUST_ORDER, KeyPolicy
 from porten.scheduler import _neighbourhood
 from porten.scheduler import filters as f
 from porten.scheduler._fleet import SCALE, Changes, advance, build_fleet, objective
-from porten.scheduler.apply import apply_plan, apply_urgent
-from porten.scheduler.eligibility import Requester, node_admits
+from porten.scheduler.apply import apply_plan
+from porten.scheduler.eligibility import Requester
 from porten.scheduler.ffd import first_fit_decreasing
-from porten.scheduler.plan import Busy, Plan, PlannerConfig, Unplaceable, UrgentPlacement
+from porten.scheduler.plan import (
+    Busy,
+    Plan,
+    PlannerConfig,
+)
 from porten.scheduler.planner import plan
 from porten.scheduler.testing import FleetBuilder
-from porten.scheduler.urgent import place_urgently
 
 CONFIG = PlannerConfig()
 #: Each example runs the solver once or twice: keep the count moderate. Every sampled
 #: tuple starts with its most common value: Hypothesis favours the first element.
 PLANS = settings(max_examples=80, deadline=None)
-#: Urgent placement is a greedy scan: cheap, so many examples.
-URGENT = settings(max_examples=300, deadline=None)
 
 _VRAM = (24_000, 8_000, 12_000, 16_000, 48_000, 0)
 _DISK = (200_000, 20_000, 8_000, 60_000, 0)
@@ -102,6 +104,10 @@ def _activity(draw: st.DrawFn, b: FleetBuilder, nodes: list[str], models: list[s
     for n, m in draw(st.lists(pairs, max_size=3)):
         if m in b.state.nodes[n].placements:
             b.serve(n, m)
+    for n, m in draw(st.lists(pairs, max_size=1)):
+        p = b.state.nodes[n].placements.get(m)
+        if p is not None and p.phase == "ready":  # a drain under way for some other model
+            b.emit(ev.ModelDraining, node_id=n, model_id=m, evicted_for="")
 
 
 @st.composite
@@ -206,13 +212,44 @@ def assert_loads_eligible(s: Scenario, p: Plan) -> None:
 
 
 def assert_unloads_safe(s: Scenario, p: Plan) -> None:
-    """Unloads are of ready placements with no request in flight, on online provisionable nodes."""
+    """Unloads are of ready placements with no request in flight and not already draining,
+    on online provisionable nodes."""
     for u in p.unloads:
         node = s.state.nodes[u.node_id]
         assert node.online
         assert node.provisionable
         assert node.placements[u.model_id].phase == "ready"
+        assert not node.placements[u.model_id].draining
         assert not f.is_busy(s.busy, u.node_id, u.model_id)
+
+
+def assert_last_copies_kept(s: Scenario, p: Plan) -> None:
+    """A model with demand loses its last copy only to the first copy of a model with more
+    demand loaded on the same node (nodes over their budget shed freely)."""
+    after = apply_plan(s.state, p, s.now)
+    online = [n for n in after.nodes.values() if n.online]
+    loaded = {(d.node_id, d.model_id) for d in p.loads}
+    for u in p.unloads:
+        m = u.model_id
+        rate = f.demand_rate(s.state, m, s.now, CONFIG)
+        if u.reason != "evicted" or rate <= 0 or any(m in n.placements for n in online):
+            continue
+        node = s.state.nodes[u.node_id]
+        pinned_vram, pinned_disk = _sizes(s.state, _pinned(s, node))
+        kept_vram, kept_disk = _sizes(s.state, f.evictable(node, s.busy))
+        if (
+            pinned_vram + kept_vram > node.vram_budget_mb
+            or pinned_disk + kept_disk > node.disk_budget_mb
+        ):
+            continue  # over its room (VRAM or disk): it sheds
+        causes = [
+            x
+            for n, x in loaded
+            if n == u.node_id
+            and f.demand_rate(s.state, x, s.now, CONFIG) > rate
+            and not any(x in q.placements for q in s.state.nodes.values() if q.online)
+        ]
+        assert causes, (u, p.loads)
 
 
 def ffd_objective(s: Scenario) -> int:
@@ -246,6 +283,13 @@ def test_a_plan_never_evicts_a_busy_placement_or_a_pending_load(s: Scenario) -> 
 
 @PLANS
 @given(scenarios())
+def test_a_plan_never_takes_the_last_copy_of_a_model_for_less(s: Scenario) -> None:
+    """The last copy of a model with demand goes only for a model with more, loaded there."""
+    assert_last_copies_kept(s, _plan(s))
+
+
+@PLANS
+@given(scenarios())
 def test_a_plan_never_touches_a_fixed_set_or_offline_node(s: Scenario) -> None:
     """Decisions only name online provisionable nodes; fixed-set nodes keep what they hold."""
     p = _plan(s)
@@ -270,15 +314,20 @@ def test_on_a_neighbourhood_the_promises_hold_too(s: Scenario) -> None:
     assert_within_budgets(s, p)
     assert_loads_eligible(s, p)
     assert_unloads_safe(s, p)
+    assert_last_copies_kept(s, p)
     assert round(p.objective * SCALE) >= ffd_objective(s)
 
 
 @PLANS
 @given(scenarios())
 def test_unload_reasons_are_true(s: Scenario) -> None:
-    """ "idle" only after a whole unused window with no demand; otherwise "evicted"."""
+    """ "idle" only after a whole unused window with no demand; "operator" only for a model
+    the catalog withdrew; otherwise "evicted"."""
     for u in _plan(s).unloads:
-        assert u.reason in ("idle", "evicted")
+        assert u.reason in ("idle", "evicted", "operator")
+        if u.reason == "operator":
+            assert not s.state.catalog[u.model_id].offered
+            assert u.detail == f"{u.model_id} was withdrawn from the catalog"
         if u.reason == "idle":
             p = s.state.nodes[u.node_id].placements[u.model_id]
             assert s.now - p.last_used_at >= CONFIG.demand_window_s
@@ -303,7 +352,7 @@ def test_the_solvers_view_of_an_applied_plan_is_the_folded_one(s: Scenario) -> N
     the problem the fold of the previous round's events would give.
     """
     p = _plan(s)
-    idle = [(u.node_id, u.model_id) for u in p.unloads if u.reason == "idle"]
+    idle = [(u.node_id, u.model_id) for u in p.unloads if u.reason in ("idle", "operator")]
     evicted = {(u.node_id, u.model_id) for u in p.unloads if u.reason == "evicted"}
     changes = Changes(unloads=frozenset(evicted), loads=frozenset(_pairs(p.loads)))
     advanced = advance(build_fleet(s.state, s.now, CONFIG, s.busy, gone=idle), changes)
@@ -383,75 +432,3 @@ def test_plans_do_not_depend_on_the_hash_seed() -> None:
             env={**os.environ, "PYTHONHASHSEED": seed},
         )
         assert out.stdout == here, f"plans differ under PYTHONHASHSEED={seed}"
-
-
-# --- urgent placement -------------------------------------------------------------------------
-
-
-@URGENT
-@given(scenarios() | scenarios(crowded=True), requesters(), st.data())
-def test_urgent_placement_keeps_every_promise(s: Scenario, who: Requester, data: Any) -> None:
-    """The chosen node admits the key, fits, is not backing off, and only idle-ready models go.
-
-    Checked: the node admits the requester and is online; for a new load it is
-    provisionable, fits the model at all and is not in back-off; evictions are
-    on that node, of ready placements with no request in flight, and lowest
-    demand first — no evictable model left on the node has less demand than an
-    evicted one; after the evictions and the load the node is within budgets.
-    """
-    model_id = _cold_model(s, data)
-    out = place_urgently(s.state, model_id, who, s.now, CONFIG, s.busy)
-    if isinstance(out, Unplaceable):
-        return
-    node = s.state.nodes[out.load.node_id]
-    assert node.online
-    assert node_admits(who, node)
-    if out.load.reason.startswith("already"):
-        assert model_id in node.placements
-        assert not out.evictions
-        return
-    assert node in f.provisionable_nodes(s.state)
-    assert f.fits_at_all(s.state, node, model_id)
-    assert not f.in_backoff(node, model_id, s.now, CONFIG)
-    _assert_lowest_demand_evicted(s, node, out)
-    after = apply_urgent(s.state, out, s.now).nodes[node.node_id]
-    vram, disk = _sizes(s.state, list(after.placements))
-    assert vram <= node.vram_budget_mb
-    assert disk <= node.disk_budget_mb
-
-
-def _assert_lowest_demand_evicted(s: Scenario, node: NodeState, out: UrgentPlacement) -> None:
-    evicted = [u.model_id for u in out.evictions]
-    for u in out.evictions:
-        assert (u.node_id, u.reason, u.evicted_for) == (node.node_id, "evicted", out.load.model_id)
-    evictable = f.evictable(node, s.busy)
-    assert set(evicted) <= set(evictable)
-    kept = [m for m in evictable if m not in evicted]
-    rate = {m: f.demand_rate(s.state, m, s.now, CONFIG) for m in evictable}
-    if evicted and kept:
-        assert max(rate[m] for m in evicted) <= min(rate[m] for m in kept)
-
-
-@URGENT
-@given(scenarios() | scenarios(crowded=True), requesters(), st.data())
-def test_urgent_unplaceable_means_no_admissible_node_could_hold_it(
-    s: Scenario, who: Requester, data: Any
-) -> None:
-    """If it refuses an offered model, no admissible node could take it even evicting all it may."""
-    model_id = _cold_model(s, data)
-    out = place_urgently(s.state, model_id, who, s.now, CONFIG, s.busy)
-    if not isinstance(out, Unplaceable) or not s.state.catalog[model_id].offered:
-        return
-    assert out.reason
-    entry = s.state.catalog[model_id].entry
-    for node in s.state.nodes.values():
-        if not (node.online and node_admits(who, node)):
-            continue
-        assert model_id not in node.placements, "an admissible node already has it"
-        usable = node.provisionable and node.vram_budget_mb > 0 and node.disk_budget_mb > 0
-        if not usable or f.in_backoff(node, model_id, s.now, CONFIG):
-            continue
-        vram, disk = _sizes(s.state, _pinned(s, node))
-        assert (
-            vram + entry.vram_mb > node.vram_budget_mb or disk + entry.disk_mb > node.disk_budget_mb
-        ), f"{node.node_id} could hold {model_id}: {out.reason}"

@@ -38,8 +38,10 @@ from porten.simulator import (
     read_trace,
     replay,
     resolve_nodes,
+    static_bound,
     summary_table,
 )
+from porten.simulator._fleet import resolve_models
 from porten.simulator._report import fits_at_once
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -435,3 +437,59 @@ def test_the_summary_table_names_both_policies_and_the_ratio() -> None:
     assert "porten" in table
     assert "lru" in table
     assert "porten/lru" in table
+
+
+# --- Porten's drains and the static bound -----------------------------------------------------
+
+
+def drain_trace() -> list[Row]:
+    """``a``: one request holding its slot 199 s from t=0; ``b``: 300 requests at 61-91 s."""
+    return [(0, "a", 10, 200), *((61 + i / 10, "b", 10, 1) for i in range(300))]
+
+
+def test_porten_drains_a_busy_copy_for_a_model_with_far_more_demand() -> None:
+    """One node, room for one model: once b's unmet demand is recorded (the 120 s window), a
+    is drained — its request runs to the end, untouched — then b loads in its room."""
+    result = run(drain_trace(), tiny_fleet(12_000), "porten")
+    events = result.runs["porten"].events or []
+    epoch = result.runs["porten"].epoch
+    drains = [(e.at - epoch, e.model_id, e.evicted_for) for e in events
+              if isinstance(e, ev.ModelDraining)]
+    assert drains == [(120.0, "a", "b")]
+    [served_a] = [e for e in events if isinstance(e, ev.RequestServed) and e.model_id == "a"]
+    assert served_a.at - epoch == pytest.approx(LOAD_S + 199)  # never cut short
+    [gone] = [e for e in events if isinstance(e, ev.ModelUnloaded)]
+    assert (gone.model_id, gone.reason, gone.evicted_for) == ("a", "evicted", "b")
+    assert gone.at == served_a.at  # unloaded the moment its last request ended
+    assert loads_of(result, "porten") == [("n1", "a"), ("n1", "b")]
+    report = result.report.policies[0]
+    assert (report.served, report.unserved, report.decisions_rejected) == (301, 0, 0)
+    assert report.diagnostics["urgent_drains"] == 1
+
+
+def test_lru_never_drains_it_waits_for_the_copy_to_go_idle() -> None:
+    """The baseline has no drains: b waits until a's request ends, then evicts it."""
+    result = run(drain_trace(), tiny_fleet(12_000), "lru")
+    events = result.runs["lru"].events or []
+    assert not [e for e in events if isinstance(e, ev.ModelDraining)]
+    assert unloads(result, "lru") == [("n1", "a", "evicted", "b")]
+    assert result.report.policies[0].unserved == 0
+
+
+def test_the_static_bound_leaves_out_the_least_requested_model_and_counts_first_loads() -> None:
+    """Two 10,000 MiB models, room for one: the bound keeps the busier one, cold only for
+    its load time (weights on disk: 10,000/1024 s), and leaves the other out entirely."""
+    rows: list[Row] = [(float(t), "a", 10, 1) for t in range(20)] + [(5.0, "b", 10, 1)]
+    bound = static_bound(
+        from_rows(rows), resolve_models(["a", "b"], tiny_fleet()), resolve_nodes(tiny_fleet(12_000))
+    )
+    assert bound is not None
+    assert bound.left_out == ("b",)
+    first_loads = sum(1 for t in range(20) if t < LOAD_S)  # a's requests before t=9.77 s
+    assert (bound.first_load_cold_starts, bound.cold_starts) == (first_loads, first_loads + 1)
+    assert bound.cold_start_rate == round((first_loads + 1) / 21, 6)
+    both = static_bound(
+        from_rows(rows), resolve_models(["a", "b"], tiny_fleet()), resolve_nodes(tiny_fleet(24_000))
+    )
+    assert both is not None
+    assert both.left_out == ()

@@ -178,6 +178,19 @@ class LoadFailed(Event, frozen=True, kw_only=True):
     error: str
 
 
+class ModelDraining(Event, frozen=True, kw_only=True):
+    """The hub stopped sending new requests to a ready model on a node, to make room.
+
+    The requests in flight there finish; then the hub unloads it
+    (``model_unloaded``). ``evicted_for`` names the model the room is for.
+    """
+
+    node_id: str
+    model_id: str
+    evicted_for: str = ""
+    detail: str = ""
+
+
 class ModelUnloaded(Event, frozen=True, kw_only=True):
     """The model left the node's memory (its weights stay on disk).
 
@@ -386,6 +399,7 @@ AnyEvent = (
     | LoadProgressed
     | ModelLoaded
     | LoadFailed
+    | ModelDraining
     | ModelUnloaded
     | DemandObserved
     | RequestServed
@@ -438,6 +452,7 @@ def stream_of(event: AnyEvent) -> str:  # noqa: PLR0911 (one return per stream f
             | LoadProgressed(node_id=nid)
             | ModelLoaded(node_id=nid)
             | LoadFailed(node_id=nid)
+            | ModelDraining(node_id=nid)
             | ModelUnloaded(node_id=nid)
         ):
             return f"node-{nid}"

@@ -307,6 +307,17 @@ def _load_failed(state: FleetState, e: ev.LoadFailed) -> FleetState:
     return _with_node(state, e.node_id, change)
 
 
+@_on(ev.ModelDraining)
+def _model_draining(state: FleetState, e: ev.ModelDraining) -> FleetState:
+    def change(n: NodeState) -> NodeState:
+        p = n.placements.get(e.model_id)
+        if p is None or p.phase != "ready":
+            return n  # only a ready placement drains; a load in progress is not one
+        return _set_placement(n, replace(p, draining=True, drained_for=e.evicted_for))
+
+    return _with_node(state, e.node_id, change)
+
+
 @_on(ev.ModelUnloaded)
 def _model_unloaded(state: FleetState, e: ev.ModelUnloaded) -> FleetState:
     return _with_node(state, e.node_id, lambda n: _drop_placement(n, e.model_id))

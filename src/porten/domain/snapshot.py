@@ -15,7 +15,9 @@ import msgspec
 
 from porten.domain.state import FleetState
 
-STATE_SCHEMA: Final = 3
+#: 2: accounts; 3: enrolment grants and tokens; 4: placements gained ``draining`` /
+#: ``drained_for``. A snapshot of another schema is ignored and the log refolded.
+STATE_SCHEMA: Final = 4
 
 
 def _enc_hook(obj: Any) -> Any:

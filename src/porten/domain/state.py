@@ -42,7 +42,9 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
 
     ``phase`` moves requested → downloading → loading → ready. ``last_used_at``
     is the last request served from it (or when it became ready), which is
-    what idle eviction measures.
+    what idle eviction measures. A ``draining`` placement takes no new
+    requests and is unloaded once those in flight finish (``drained_for`` is
+    the model it makes room for).
     """
 
     model_id: str
@@ -53,6 +55,13 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
     total_bytes: int = 0
     since: float
     last_used_at: float
+    draining: bool = False
+    drained_for: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Whether it takes new requests: ready and not draining."""
+        return self.phase == "ready" and not self.draining
 
 
 class LoadFailures(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,7 +101,7 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
 
     def ready_models(self) -> Iterator[str]:
         """Models this node can serve right now (if it is online)."""
-        return (m for m, p in self.placements.items() if p.phase == "ready")
+        return (m for m, p in self.placements.items() if p.serving)
 
 
 class DemandWindow(msgspec.Struct, frozen=True, array_like=True):
@@ -268,14 +277,14 @@ def disk_free_mb(state: FleetState, node: NodeState) -> int:
 
 
 def nodes_serving(state: FleetState, model_id: str) -> list[NodeState]:
-    """Online nodes with ``model_id`` ready, sorted by node id."""
+    """Online nodes with ``model_id`` ready (and not draining), sorted by node id."""
     return sorted(
         (
             n
             for n in state.nodes.values()
             if n.online
             and (p := n.placements.get(model_id)) is not None
-            and p.phase == "ready"
+            and p.serving
         ),
         key=lambda n: n.node_id,
     )

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from ortools.sat.python import cp_model
 
-from porten.scheduler._fleet import Changes, Fleet, Pair
+from porten.scheduler._fleet import Changes, Fleet, Pair, first_copy_for
 from porten.scheduler._neighbourhood import SubProblem
 
 _STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible"}
@@ -49,6 +49,7 @@ def solve(fleet: Fleet, sub: SubProblem, hint: Changes, *, seed: int, budget: fl
     keep, load = _decisions(model, fleet, sub)
     _capacity(model, fleet, sub, keep, load)
     levels = _levels(model, fleet, keep, load)
+    _last_copies(model, fleet, keep, load, levels)
     by_id = fleet.by_id
     terms = [*keep.values(), *load.values(), *levels.values()]
     coeffs = [fleet.unload_cost] * len(keep)  # a kept placement saves its unload
@@ -136,6 +137,31 @@ def _levels(
             model.add_implication(lo, hi)
         levels.update(((m, k), v) for k, v in zip(reach, row, strict=True))
     return levels
+
+
+def _last_copies(
+    model: cp_model.CpModel,
+    fleet: Fleet,
+    keep: _Vars,
+    load: _Vars,
+    levels: dict[tuple[str, int], cp_model.IntVar],
+) -> None:
+    """A model with demand keeps a copy, or its last one made room for a first copy of a
+    model with more demand on the same node (``_fleet.first_copy_for``).
+
+    Per evictable copy whose model could end with none (``level[m, 0]`` is a
+    decision): ``keep + level[m, 0] + Σ load[n, x] ≥ 1`` over the loads on that
+    node the rule accepts. Nodes over their room are exempt: they shed.
+    """
+    loads_on: defaultdict[str, list[tuple[str, cp_model.IntVar]]] = defaultdict(list)
+    for (n, m), v in load.items():
+        loads_on[n].append((m, v))
+    for (n, m), v in keep.items():
+        first = levels.get((m, 0))
+        if first is None or fleet.models[m].rate <= 0 or n in fleet.over_room:
+            continue
+        causes = [x for other, x in loads_on[n] if first_copy_for(fleet, m, other)]
+        model.add(sum([v, first, *causes]) >= 1)
 
 
 def _hint(

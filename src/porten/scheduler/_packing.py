@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 
-from porten.scheduler._fleet import Changes, Fleet, ModelTerm, Pair
+from porten.scheduler._fleet import Changes, Fleet, ModelTerm, Pair, first_copy_for
 
 Ints = npt.NDArray[np.int64]
 
@@ -101,6 +101,8 @@ class Packing:
         for m in self.victims(i):
             if free_v >= t.vram and free_d >= t.disk:
                 break
+            if not self.may_evict_for(m, t):
+                continue
             lost += self.loss(m)
             if lost >= gain:
                 return None
@@ -110,6 +112,16 @@ class Packing:
         if free_v < t.vram or free_d < t.disk:
             return None
         return lost, victims
+
+    def may_evict_for(self, victim: str, t: ModelTerm) -> bool:
+        """Whether a copy of ``victim`` may go to make room for a load of ``t``.
+
+        Any copy but the last of a model with demand; that one only for the
+        first copy of a model with more demand (``_fleet.first_copy_for``).
+        """
+        if self.counts[victim] > 1 or self.fleet.models[victim].rate <= 0:
+            return True
+        return self.counts[t.model_id] == 0 and first_copy_for(self.fleet, victim, t.model_id)
 
     def fit_mask(self, t: ModelTerm) -> npt.NDArray[np.bool_]:
         """Per node, whether there is free room (and budget) for ``t`` as things stand."""

@@ -11,6 +11,7 @@ same way.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 from porten.domain.state import FleetState, NodeState, Placement, model_disk_mb, model_vram_mb
@@ -18,6 +19,7 @@ from porten.scheduler.plan import Busy, PlannerConfig, UnloadDecision
 
 #: The largest exponent back-off doubling is taken to; beyond it the cap applies anyway.
 _MAX_DOUBLINGS = 60
+_MIB = 1 << 20
 
 
 # --- nodes --------------------------------------------------------------------------------------
@@ -56,17 +58,31 @@ def is_pending(p: Placement) -> bool:
     return p.phase != "ready"
 
 
+def download_queue_mb(state: FleetState, node: NodeState) -> int:
+    """Weights ``node`` still has to download for loads in progress: a new download waits
+    for them (one link). A requested load of weights not on disk counts whole."""
+    left = 0
+    for m, p in node.placements.items():
+        if p.phase == "downloading":
+            total = p.total_bytes or model_disk_mb(state, m) * _MIB
+            left += max(total - p.done_bytes, 0) // _MIB
+        elif p.phase == "requested" and m not in node.on_disk:
+            left += model_disk_mb(state, m)
+    return left
+
+
 def is_busy(busy: Busy, node_id: str, model_id: str) -> bool:
     """Whether requests are in flight for ``model_id`` on ``node_id``: never evicted."""
     return busy.get((node_id, model_id), 0) > 0
 
 
 def evictable(node: NodeState, busy: Busy) -> list[str]:
-    """Models on ``node`` that may be unloaded: ready and not serving a request, by id."""
+    """Models on ``node`` that may be unloaded: ready, not serving a request and not already
+    draining (the shell unloads those as their last request ends), by id."""
     return sorted(
         m
         for m, p in node.placements.items()
-        if not is_pending(p) and not is_busy(busy, node.node_id, m)
+        if not is_pending(p) and not p.draining and not is_busy(busy, node.node_id, m)
     )
 
 
@@ -171,6 +187,112 @@ def replica_values(rate: float, desired: int, config: PlannerConfig) -> tuple[fl
 def victim_key(rate: float, vram_mb: int, model_id: str) -> tuple[float, int, str]:
     """Order eviction candidates: lowest demand first, then the largest (fewer evictions), id."""
     return (rate, -vram_mb, model_id)
+
+
+# --- what an urgent eviction costs ------------------------------------------------------------
+
+
+def ready_copies(state: FleetState) -> Counter[str]:
+    """Per model, the online nodes that have it ready."""
+    out: Counter[str] = Counter()
+    for n in state.nodes.values():
+        if n.online:
+            out.update(m for m, p in n.placements.items() if p.phase == "ready")
+    return out
+
+
+def copy_loss(rate: float, copies: int, config: PlannerConfig) -> float:
+    """Demand left unserved if one of ``copies`` ready copies of a model with ``rate`` goes.
+
+    The only copy loses all of it: every request becomes a cold start. A
+    replica loses only what the others cannot absorb at
+    ``replica_capacity_rps`` each — its requests queue, they do not start cold —
+    so a replica is the cheapest thing to evict.
+    """
+    return max(0.0, rate - max(copies - 1, 0) * config.replica_capacity_rps)
+
+
+def reload_requests(rate: float, vram_mb: int, config: PlannerConfig) -> float:
+    """Requests expected while a model with ``rate`` loads again from local disk."""
+    return rate * vram_mb / 1024 * config.reload_s_per_gib
+
+
+def may_evict_for(
+    loss: float,
+    vram_mb: int,
+    wanted: tuple[float, int],
+    config: PlannerConfig,
+    *,
+    serving: bool = False,
+    starved: bool = False,
+) -> bool:
+    """Urgent placement's admission rule: may a copy losing ``loss`` (``vram_mb`` large)
+    make room for a model wanted at ``wanted`` = (its demand, its VRAM)?
+
+    * An idle copy goes for a model with ``displace_ratio`` times the demand it
+      loses — the long tail never pushes out what the fleet serves more, and
+      two models with about the same demand never evict each other back and
+      forth as their windowed rates wobble — or when it is itself the long
+      tail (fewer than ``tail_requests`` requests expected while it reloads),
+      so rarely used models take turns in the room they share.
+    * A copy serving requests is drained (it finishes them, takes no new ones)
+      for such a model when that is not the long tail itself — tail models
+      wait for each other to go idle — or, when it is the long tail, for a
+      ``starved`` model (:func:`starved_s`), so a busy tail model cannot hold
+      the room for ever.
+    """
+    more = loss * config.displace_ratio < wanted[0]
+    tail = reload_requests(loss, vram_mb, config) < config.tail_requests
+    if not serving:
+        return more or tail
+    wanted_tail = reload_requests(wanted[0], wanted[1], config) < config.tail_requests
+    return (more and not wanted_tail) or (starved and tail)
+
+
+def starved_s(state: FleetState, model_id: str, now: float) -> float:
+    """How long ``model_id``'s requests have gone unmet with none served (0.0 if they have not).
+
+    Read from the recorded demand windows, newest first: the run of windows
+    with unmet requests and nothing served, back to its oldest start. Windows
+    without traffic are not recorded, so quiet gaps do not end the run; one
+    served request does.
+    """
+    d = state.demand.get(model_id)
+    if d is None or not d.windows:
+        return 0.0
+    start = None
+    for w in reversed(d.windows):
+        if w.served or not w.unmet:
+            break
+        start = w.start
+    return max(0.0, now - start) if start is not None else 0.0
+
+
+# --- withdrawn models ----------------------------------------------------------------------------
+
+
+def withdrawn_unloads(state: FleetState, busy: Busy) -> list[UnloadDecision]:
+    """Idle ready copies of models the catalog no longer offers, on provisionable nodes.
+
+    Withdrawing a model stops new requests at once; the copies left in memory
+    go here, reason ``operator`` (an operator withdrew it), when no request is
+    in flight — a busy one on a later plan, once its requests have ended.
+    Fixed-set nodes keep what their owner installed.
+    """
+    out: list[UnloadDecision] = []
+    for node in sorted(state.nodes.values(), key=lambda n: n.node_id):
+        if not (node.online and node.provisionable):
+            continue
+        for m in evictable(node, busy):
+            c = state.catalog.get(m)
+            if c is None or not c.offered:
+                detail = f"{m} was withdrawn from the catalog"
+                out.append(
+                    UnloadDecision(
+                        node_id=node.node_id, model_id=m, reason="operator", detail=detail
+                    )
+                )
+    return out
 
 
 # --- idle eviction ------------------------------------------------------------------------------

@@ -42,6 +42,21 @@ class PlannerConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Back-off after a failed load of a model on a node: base * 2^(failures-1), capped.
     failure_backoff_s: float = 30.0
     failure_backoff_max_s: float = 3600.0
+    #: Seconds to load one GiB of a model from local disk into VRAM: what an eviction is
+    #: costed by (its requests arriving while it loads again are cold starts).
+    reload_s_per_gib: float = 2.0
+    #: Urgent placement displaces a copy only for a model with this many times the demand
+    #: the copy would lose (hysteresis against two models swapping back and forth).
+    displace_ratio: float = 2.0
+    #: A model expected to get fewer requests than this while it reloads is the long tail:
+    #: an idle copy of it may make room for any model (``filters.may_evict_for``).
+    tail_requests: float = 4.0
+    #: A model whose requests have gone unmet, none served, this long may have a busy copy
+    #: of the long tail drained for it (no model waits for ever; ``filters.starved_s``).
+    starvation_s: float = 180.0
+    #: A copy ready for less than this is never evicted or drained for a requested model:
+    #: the requests that waited for its load are still being recorded as its demand.
+    min_residency_s: float = 60.0
 
 
 class LoadDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,10 +78,15 @@ class UnloadDecision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Unplaceable(msgspec.Struct, frozen=True, kw_only=True):
-    """A model with demand that no node can take, and why."""
+    """A model with demand that no node can take, and why.
+
+    ``retry_after_s`` is when trying again could succeed, where that is known
+    (the end of the earliest back-off after failed loads); 0 when it is not.
+    """
 
     model_id: str
     reason: str
+    retry_after_s: float = 0.0
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +110,24 @@ class UrgentPlacement(msgspec.Struct, frozen=True, kw_only=True):
 
     load: LoadDecision
     evictions: tuple[UnloadDecision, ...] = ()
+
+
+class DrainPlacement(msgspec.Struct, frozen=True, kw_only=True):
+    """Room for a just-requested model is being made by draining copies serving requests.
+
+    Each of ``drains`` stops taking new requests now and is unloaded when those
+    in flight finish; the model is placed once the room is free. No
+    ``drains``: drains already under way on ``node_id`` will make the room.
+    """
+
+    model_id: str
+    node_id: str
+    drains: tuple[UnloadDecision, ...] = ()
+    reason: str
+
+
+UrgentDecision = UrgentPlacement | DrainPlacement | Unplaceable
+"""What urgent placement answers: load now (after evictions), wait for drains, or why not."""
 
 
 EMPTY_PLAN: Final = Plan()

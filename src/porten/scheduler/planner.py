@@ -1,7 +1,8 @@
 """The global planner: (fleet state, now, config, busy) → Plan, a pure and repeatable function.
 
-Idle unloads come first: ready models nobody asked for in a whole demand
-window leave provisionable nodes (``filters.idle_unloads``). Demand-driven
+Unloads that need no solver come first: copies of models the catalog
+withdrew (``filters.withdrawn_unloads``, reason ``operator``), and ready
+models nobody asked for in a whole demand window (``filters.idle_unloads``). Demand-driven
 placement works on what remains, reduced to an integer problem
 (``_fleet``), in rounds: first-fit-decreasing finds a greedy answer, CP-SAT
 improves on it — over the whole problem, or on a large fleet over the
@@ -41,6 +42,7 @@ from porten.scheduler._fleet import (
     compose,
     counts_after,
     feasible,
+    first_copy_for,
     objective,
     usage,
 )
@@ -61,12 +63,20 @@ MAX_ROUNDS = 8
 
 
 def plan(state: FleetState, now: float, config: PlannerConfig, busy: Busy) -> Plan:
-    """What the fleet should change now: unloads (idle, then evicted), loads, unplaceable."""
-    idle = filters.idle_unloads(state, now, config, busy)
-    fleet = build_fleet(state, now, config, busy, gone=[(u.node_id, u.model_id) for u in idle])
+    """What the fleet should change now: unloads (withdrawn models, idle, then evicted),
+    loads, unplaceable."""
+    withdrawn = filters.withdrawn_unloads(state, busy)
+    leaving = {(u.node_id, u.model_id) for u in withdrawn}
+    idle = [
+        u
+        for u in filters.idle_unloads(state, now, config, busy)
+        if (u.node_id, u.model_id) not in leaving
+    ]
+    gone = sorted(leaving | {(u.node_id, u.model_id) for u in idle})
+    fleet = build_fleet(state, now, config, busy, gone=gone)
     solver, changes = decide(fleet, config)
     return Plan(
-        unloads=(*idle, *_evictions(fleet, changes)),
+        unloads=(*withdrawn, *idle, *_evictions(fleet, changes)),
         loads=_loads(fleet, changes),
         unplaceable=_unplaceable(state, fleet, changes, now=now, config=config, busy=busy),
         solver=solver,
@@ -93,8 +103,15 @@ def decide(fleet: Fleet, config: PlannerConfig) -> tuple[str, Changes]:
         budget -= work
         candidate = compose(total, step)
         # The first round is the best feasible answer (changing nothing may not be
-        # feasible: a node over its budget); a later one must raise the objective.
-        if not step.size or (rounds and objective(fleet, candidate) <= objective(fleet, total)):
+        # feasible: a node over its budget); a later one must raise the objective and,
+        # composed with the rounds before it, still keep every rule.
+        if not step.size or (
+            rounds
+            and (
+                objective(fleet, candidate) <= objective(fleet, total)
+                or not feasible(fleet, candidate)
+            )
+        ):
             label = label or step_label
             break
         total, label, rounds = candidate, step_label, rounds + 1
@@ -201,7 +218,15 @@ def _drop_worthless_loads(fleet: Fleet, changes: Changes) -> Changes:
     def cost(p: Pair) -> int:
         return fleet.load_cost(by_id[p[0]], p[1])
 
-    for pair in sorted(loads, key=lambda p: (-cost(p), p)):
+    # A load that a last copy made room for stays: dropping it would leave that unload
+    # without its cause (restoring the unload is the other step's job).
+    needed = {
+        (n, m)
+        for n, m in loads
+        for u, v in changes.unloads
+        if u == n and counts[v] <= 0 and first_copy_for(fleet, v, m)
+    }
+    for pair in sorted(loads - needed, key=lambda p: (-cost(p), p)):
         m = pair[1]
         if fleet.models[m].marginal(counts[m]) <= cost(pair):
             loads.remove(pair)

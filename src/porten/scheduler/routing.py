@@ -47,7 +47,7 @@ def candidates(
     affinity: str | None = None,
     exclude: frozenset[str] = frozenset(),
 ) -> list[NodeState]:
-    """Online nodes with ``model_id`` ready that the requester may use, best first.
+    """Online nodes with ``model_id`` ready (not draining) that the requester may use, best first.
 
     ``loads`` holds only nodes with a live connection: a node the hub has no
     link to is not a candidate whatever the log says. ``exclude`` drops nodes
@@ -58,7 +58,7 @@ def candidates(
         if not node.online or node.node_id in exclude or node.node_id not in loads:
             continue
         p = node.placements.get(model_id)
-        if p is None or p.phase != "ready" or not node_admits(requester, node):
+        if p is None or not p.serving or not node_admits(requester, node):
             continue
         ready.append(node)
     if not ready:

@@ -4,30 +4,52 @@ A request is blocking on this decision, so it is small, greedy and
 separate from the global plan (which rebalances on its next cadence). The
 candidates are only nodes the requester's key admits — fail-closed, for
 loading exactly as for serving — that are online, provisionable, could ever
-hold the model and are not backing off from it. A node where it fits now
-wins (weights already on disk first, then the most free VRAM, then node id).
-Otherwise, on each candidate, the ready models with no request in flight are
-evicted lowest demand first until it fits, and the node whose evicted demand
-is smallest wins (then fewer evictions, then node id). It happens at once:
-a requested model does not wait out an anti-thrash delay. A model serving
-requests and a load in progress are never evicted.
+hold the model, are not backing off from it and do not hold it already.
+
+1. **Free room.** A node where it fits now wins: weights already on disk
+   first (seconds to load instead of minutes), else the node with the least
+   left to download ahead of it (one link per node: queued behind another
+   model's download, a first load takes twice as long), then the tightest
+   fit — the least VRAM left over — so small models fill small gaps and a
+   big node's room stays whole for a big model (worst fit strands large
+   models: simulations/README.md), then node id.
+2. **Evict idle copies, by demand.** Each copy is costed by the demand it
+   would leave unserved, and may go only for a model with more demand than
+   that, or when it is the long tail (``_room``,
+   :func:`~porten.scheduler.filters.may_evict_for`): a rarely used model
+   never pushes out one the fleet serves more, so two models never evict
+   each other back and forth. The node losing the least demand wins. It
+   happens at once: a requested model does not wait out an anti-thrash delay.
+3. **Drain busy copies.** Where only copies serving requests stand in the
+   way, the admissible ones are drained (:class:`DrainPlacement`): they take
+   no new requests and are unloaded when those in flight finish, and the
+   model is placed once the room is free. A request in flight is never cut
+   off, and a busy tail model cannot hold its room against another for ever.
+
+A load in progress is never evicted or drained. When only protected models
+could make room, the answer is :class:`Unplaceable` with the reason; the
+request is retried (the hub answers 503 with ``Retry-After``) and the global
+planner weighs the model's unmet demand on its next round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 
 from porten.domain.state import FleetState, NodeState, vram_free_mb
 from porten.domain.values import CatalogEntry
+from porten.scheduler import _room
 from porten.scheduler import filters as f
 from porten.scheduler._explain import listed, rps, why_unplaceable
 from porten.scheduler.eligibility import Requester, model_allowed, node_admits
 from porten.scheduler.plan import (
     Busy,
+    DrainPlacement,
     LoadDecision,
     PlannerConfig,
     UnloadDecision,
     Unplaceable,
+    UrgentDecision,
     UrgentPlacement,
 )
 
@@ -39,8 +61,8 @@ def place_urgently(  # noqa: PLR0917 (the signature the shell calls)
     now: float,
     config: PlannerConfig,
     busy: Busy,
-) -> UrgentPlacement | Unplaceable:
-    """Where to load ``model_id`` for ``requester`` right now, or why nowhere can."""
+) -> UrgentDecision:
+    """Where to load ``model_id`` for ``requester`` right now, what makes room, or why not."""
     refused = _refused(state, model_id, requester)
     if refused:
         return Unplaceable(model_id=model_id, reason=refused)
@@ -52,21 +74,65 @@ def place_urgently(  # noqa: PLR0917 (the signature the shell calls)
     candidates = [
         n
         for n in nodes
-        if f.fits_at_all(state, n, model_id) and not f.in_backoff(n, model_id, now, config)
+        if model_id not in n.placements
+        and f.fits_at_all(state, n, model_id)
+        and not f.in_backoff(n, model_id, now, config)
     ]
-    free = [n for n in candidates if _fits_now(state, n, entry, ())]
+    free = [n for n in candidates if _room.fits_once_gone(state, n, entry, ())]
     if free:
         return _into_free_room(state, entry, free)
-    chosen = _cheapest_eviction(state, entry, candidates, now=now, config=config, busy=busy)
-    if chosen is not None:
-        return chosen
+    costs = _room.Costs(state, entry, now, config, busy)
+    made = _make_room(state, entry, candidates, costs, busy)
+    if made is not None:
+        return made
     if not nodes:
         why = "no online provisionable node satisfies this key's policy"
     else:
         why = why_unplaceable(
             state, entry, nodes, now=now, config=config, busy=busy, scope="eligible node"
         )
-    return Unplaceable(model_id=model_id, reason=why or "no eligible node has room for it")
+    return Unplaceable(
+        model_id=model_id,
+        reason=why or "no eligible node has room for it",
+        retry_after_s=_backoff_left(state, entry, nodes, now, config),
+    )
+
+
+def _backoff_left(
+    state: FleetState,
+    entry: CatalogEntry,
+    nodes: Sequence[NodeState],
+    now: float,
+    config: PlannerConfig,
+) -> float:
+    """Seconds until the first node that could hold the model ends its back-off (0 if none is
+    backing off): when a retry could start a load, per the back-off schedule."""
+    ends = [
+        f.backoff_ends_at(n, entry.id, config)
+        for n in nodes
+        if f.fits_at_all(state, n, entry.id) and f.in_backoff(n, entry.id, now, config)
+    ]
+    return max(min(ends) - now, 0.0) if ends else 0.0
+
+
+def _make_room(
+    state: FleetState,
+    entry: CatalogEntry,
+    candidates: Sequence[NodeState],
+    costs: _room.Costs,
+    busy: Busy,
+) -> UrgentDecision | None:
+    """Evict idle copies, else drain busy ones; None if even every copy could not make room."""
+    evicting = _room.cheapest_eviction(state, entry, candidates, costs, busy)
+    if evicting is not None:
+        return _evicting(state, entry, evicting, costs)
+    draining = _room.cheapest_drain(state, entry, candidates, costs, busy)
+    if draining is not None:
+        return _draining(state, entry, draining, costs)
+    protected = _room.protected(state, entry, candidates, costs)
+    if protected:
+        return Unplaceable(model_id=entry.id, reason=_protected_reason(costs, protected))
+    return None
 
 
 def _refused(state: FleetState, model_id: str, requester: Requester) -> str:
@@ -82,11 +148,17 @@ def _refused(state: FleetState, model_id: str, requester: Requester) -> str:
 def _already_placed(
     state: FleetState, model_id: str, requester: Requester
 ) -> UrgentPlacement | None:
-    """The node already serving (or else loading) it for this requester, if any."""
+    """The node already serving (or else loading) it for this requester, if any.
+
+    A copy draining away is neither: it takes no new requests.
+    """
     found = sorted(
         (p.phase != "ready", n.node_id, p.phase)
         for n in state.nodes.values()
-        if n.online and (p := n.placements.get(model_id)) is not None and node_admits(requester, n)
+        if n.online
+        and (p := n.placements.get(model_id)) is not None
+        and not p.draining
+        and node_admits(requester, n)
     )
     if not found:
         return None
@@ -95,104 +167,113 @@ def _already_placed(
     return UrgentPlacement(load=LoadDecision(node_id=node_id, model_id=model_id, reason=reason))
 
 
-def _fits_now(
-    state: FleetState, node: NodeState, entry: CatalogEntry, evicted: Sequence[str]
-) -> bool:
-    """Whether ``entry`` fits ``node``'s VRAM and disk once ``evicted`` are gone.
-
-    Disk counts the weights of every model in memory plus the new one: files
-    not in memory are the agent's LRU cache, removed when room is needed.
-    """
-    vram = vram_free_mb(state, node) + f.memory_vram_mb(state, node, evicted)
-    disk_used = f.memory_disk_mb(state, node) - sum(
-        c.entry.disk_mb for m in evicted if (c := state.catalog.get(m)) is not None
-    )
-    return entry.vram_mb <= vram and disk_used + entry.disk_mb <= node.disk_budget_mb
-
-
 def _into_free_room(
     state: FleetState, entry: CatalogEntry, free: Sequence[NodeState]
 ) -> UrgentPlacement:
-    best = min(free, key=lambda n: (entry.id not in n.on_disk, -vram_free_mb(state, n), n.node_id))
-    room = vram_free_mb(state, best)
-    weights = "weights already on disk" if entry.id in best.on_disk else "downloading weights"
-    reason = f"requested now; fits in free VRAM on {best.node_id} ({room} MB free); {weights}"
+    """Weights on disk first; else the node with the least left to download before it (its
+    link is the wait); then the tightest fit (least VRAM left); then node id."""
+
+    def ahead(n: NodeState) -> int:
+        return 0 if entry.id in n.on_disk else f.download_queue_mb(state, n)
+
+    best = min(
+        free,
+        key=lambda n: (entry.id not in n.on_disk, ahead(n), vram_free_mb(state, n), n.node_id),
+    )
+    room, queued = vram_free_mb(state, best), ahead(best)
+    behind = f" behind {queued} MB of other downloads" if queued else ""
+    reason = (
+        f"requested now; fits in free VRAM on {best.node_id} ({room} MB free{behind}); "
+        f"{_weights(entry, best)}"
+    )
     return UrgentPlacement(
         load=LoadDecision(node_id=best.node_id, model_id=entry.id, reason=reason)
     )
 
 
-def _cheapest_eviction(
-    state: FleetState,
-    entry: CatalogEntry,
-    candidates: Sequence[NodeState],
-    *,
-    now: float,
-    config: PlannerConfig,
-    busy: Busy,
-) -> UrgentPlacement | None:
-    """Evict the least-demanded ready models on the node where that loses the least demand."""
-    rates: dict[str, float] = {}
-
-    def rate(m: str) -> float:
-        if m not in rates:
-            rates[m] = f.demand_rate(state, m, now, config)
-        return rates[m]
-
-    best: tuple[float, int, str, list[str]] | None = None
-    for node in candidates:
-        victims = _victims(state, node, entry, rate, busy)
-        if victims is not None:
-            key = (sum(rate(m) for m in victims), len(victims), node.node_id)
-            if best is None or key < best[:3]:
-                best = (*key, victims)
-    if best is None:
-        return None
-    _, _, node_id, victims = best
-    return _evicting(state, entry, node_id, [(m, rate(m)) for m in victims])
-
-
 def _evicting(
-    state: FleetState, entry: CatalogEntry, node_id: str, victims: Sequence[tuple[str, float]]
+    state: FleetState, entry: CatalogEntry, room: _room.Room, costs: _room.Costs
 ) -> UrgentPlacement:
-    """The load on ``node_id`` and its evictions, each with its reason."""
-    on_disk = entry.id in state.nodes[node_id].on_disk
-    weights = "weights already on disk" if on_disk else "downloading weights"
-    names = [m for m, _ in victims]
-    demand = ", ".join(f"{m} {rps(r)}" for m, r in victims)
-    reason = f"requested now; evicting {listed(names)} on {node_id} (least demand: {demand}); "
-    evictions = tuple(
-        UnloadDecision(
-            node_id=node_id,
-            model_id=m,
-            reason="evicted",
-            evicted_for=entry.id,
-            detail=f"made room for {entry.id}, requested now; {m} had {rps(r)}",
-        )
-        for m, r in victims
+    """The load on the chosen node and its evictions, each with its reason."""
+    node = state.nodes[room.node_id]
+    reason = (
+        f"requested now ({rps(costs.wanted)}); evicting {listed(room.victims)} on "
+        f"{room.node_id} ({_losses(costs, room)}); {_weights(entry, node)}"
     )
-    load = LoadDecision(node_id=node_id, model_id=entry.id, reason=reason + weights)
+    evictions = _unloads(entry, room, costs, "made room for {m}, requested now")
+    load = LoadDecision(node_id=room.node_id, model_id=entry.id, reason=reason)
     return UrgentPlacement(load=load, evictions=evictions)
 
 
-def _victims(
-    state: FleetState,
-    node: NodeState,
-    entry: CatalogEntry,
-    rate: Callable[[str], float],
-    busy: Busy,
-) -> list[str] | None:
-    """The shortest lowest-demand-first run of evictable models that makes room, if any."""
-    order = sorted(
-        f.evictable(node, busy),
-        key=lambda m: f.victim_key(rate(m), _vram(state, m), m),
+def _draining(
+    state: FleetState, entry: CatalogEntry, room: _room.Room, costs: _room.Costs
+) -> DrainPlacement:
+    """The drains that make room on the chosen node (none: drains under way will)."""
+    node = state.nodes[room.node_id]
+    going = sorted(m for m, p in node.placements.items() if p.draining)
+    if not room.victims:
+        reason = f"waiting for {listed(going)} to finish draining on {room.node_id}"
+    else:
+        reason = (
+            f"requested now ({rps(costs.wanted)}); draining {listed(room.victims)} on "
+            f"{room.node_id} ({_losses(costs, room)}): they finish the requests "
+            "they are serving, take no new ones, then unload"
+        )
+    drains = _unloads(entry, room, costs, "drained to make room for {m}, requested now")
+    return DrainPlacement(
+        model_id=entry.id, node_id=room.node_id, drains=drains, reason=reason
     )
-    for k in range(1, len(order) + 1):
-        if _fits_now(state, node, entry, order[:k]):
-            return order[:k]
-    return None
 
 
-def _vram(state: FleetState, model_id: str) -> int:
-    c = state.catalog.get(model_id)
-    return c.entry.vram_mb if c is not None else 0
+def _unloads(
+    entry: CatalogEntry, room: _room.Room, costs: _room.Costs, why: str
+) -> tuple[UnloadDecision, ...]:
+    return tuple(
+        UnloadDecision(
+            node_id=room.node_id,
+            model_id=m,
+            reason="evicted",
+            evicted_for=entry.id,
+            detail=f"{why.format(m=entry.id)}; {m} had {_loss_words(costs, room.node_id, m)}",
+        )
+        for m in room.victims
+    )
+
+
+def _losses(costs: _room.Costs, room: _room.Room) -> str:
+    return ", ".join(f"{m} {_loss_words(costs, room.node_id, m)}" for m in room.victims)
+
+
+def _loss_words(costs: _room.Costs, node_id: str, m: str) -> str:
+    """``"0.02 req/s"``, with why it may go when that is not less than what is wanted."""
+    loss = costs.loss(node_id, m)
+    words = rps(loss)
+    if costs.copies[m] > 1:
+        words += f" beyond its other {costs.copies[m] - 1} ready copies"
+    if loss >= costs.wanted:
+        words += ", the long tail"
+    return words
+
+
+def _protected_reason(costs: _room.Costs, protected: Iterable[tuple[str, str]]) -> str:
+    """Why the copies that could make room may not, each in a few words."""
+
+    def why(node_id: str, m: str) -> str:
+        node = costs.state.nodes[node_id]
+        words = [rps(costs.loss(node_id, m))]
+        if f.is_busy(costs.busy, node_id, m):
+            words.append("serving requests")
+        if _room.just_loaded(node, m, costs.now, costs.config):
+            words.append("just loaded")
+        return f"{m} on {node_id}: {', '.join(words)}"
+
+    named = "; ".join(why(n, m) for n, m in sorted(protected))
+    return (
+        f"making room would take copies with more demand than its own {rps(costs.wanted)}, "
+        f"serving requests or loaded too recently to judge ({named}); it is retried as "
+        "demand or room changes"
+    )
+
+
+def _weights(entry: CatalogEntry, node: NodeState) -> str:
+    return "weights already on disk" if entry.id in node.on_disk else "downloading weights"

@@ -1,5 +1,10 @@
 """The planner's loop in the hub: plan on a cadence and on demand changes, then apply.
 
+Between rounds it ticks every :data:`DRAIN_TICK_S` and unloads the
+draining copies whose last request has ended
+(:mod:`porten.services.drains`). Plans unload copies of withdrawn models
+(reason ``operator``) like any other decision.
+
 Applying is Nomad's plan applier in miniature: the plan was computed on the
 state folded up to position ``p``; each node's decisions are appended with
 that node stream's version as of ``p``, so if the node changed since (a
@@ -23,10 +28,14 @@ from porten.domain import events as ev
 from porten.domain.ports import EventStore, WrongExpectedVersion
 from porten.scheduler.plan import Busy, LoadDecision, Plan, PlannerConfig, UnloadDecision
 from porten.scheduler.planner import plan as make_plan
+from porten.services.drains import Drains, draining
 from porten.services.projection import FleetProjection
 from porten.services.writer import BatchingWriter
 
 log = structlog.get_logger(__name__)
+
+#: How often drains under way are checked for their last request's end.
+DRAIN_TICK_S = 1.0
 
 
 class PlannerLoop:
@@ -54,6 +63,7 @@ class PlannerLoop:
         self._cadence_s = cadence_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._drains = Drains(store, writer, projection, gateway, busy, clock)
         self.rounds = 0
 
     def wake(self) -> None:
@@ -72,10 +82,21 @@ class PlannerLoop:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_plan = loop.time() + self._cadence_s
         while True:
+            timeout = min(next_plan - loop.time(), DRAIN_TICK_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._cadence_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.0))
+            if draining(self._projection.state):  # finish drains within a tick of their end
+                try:
+                    await self._drains.finish()
+                except Exception:
+                    log.exception("finishing drains failed; trying again next tick")
+            if not self._wake.is_set() and loop.time() < next_plan:
+                continue
             self._wake.clear()
+            next_plan = loop.time() + self._cadence_s
             try:
                 await self.plan_once()
             except Exception:

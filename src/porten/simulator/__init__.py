@@ -9,6 +9,7 @@ model, so every result is a ratio. ``porten sim replay`` is the command;
 ``simulations/README.md`` is the guide.
 """
 
+from porten.simulator._bound import Bound, bound_for, static_bound
 from porten.simulator._fleet import (
     DEFAULT_FLEET,
     FALLBACK_SIZE,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_FLEET",
     "FALLBACK_SIZE",
     "TRACE_MODEL_SIZES",
+    "Bound",
     "EventLog",
     "FleetSpec",
     "ModelSize",
@@ -50,6 +52,7 @@ __all__ = [
     "SimNode",
     "SimOptions",
     "Trace",
+    "bound_for",
     "cut",
     "encode",
     "fleet_from_log",
@@ -61,5 +64,6 @@ __all__ = [
     "read_trace",
     "replay",
     "resolve_nodes",
+    "static_bound",
     "summary_table",
 ]

@@ -25,7 +25,7 @@ from porten.domain import events as ev
 from porten.domain.fold import evolve
 from porten.domain.state import EMPTY, FleetState
 from porten.scheduler.eligibility import Requester
-from porten.scheduler.plan import Plan, Unplaceable
+from porten.scheduler.plan import DrainPlacement, Plan, UnloadDecision, Unplaceable
 from porten.scheduler.routing import NodeLoad, candidates
 from porten.simulator._fleet import ResolvedModel, SimNode
 from porten.simulator._loads import (
@@ -87,6 +87,7 @@ class Simulation(LoadMechanics):
         self._window: dict[str, list[int]] = {}
         self._max_vram = max(n.vram_budget_mb for n in nodes)
         self._disk_used_at: dict[tuple[str, str], float] = {}
+        self._drains: dict[tuple[str, str], UnloadDecision] = {}
         self.ever_ready: set[str] = set()
         self._load_seq = 0
 
@@ -244,9 +245,13 @@ class Simulation(LoadMechanics):
         return True
 
     def _place(self, model_id: str) -> bool:
+        """Whether a load of ``model_id`` started (or one was already there to join)."""
         decision = self.policy.place_cold(self, model_id, self.now)
         if isinstance(decision, Unplaceable):
             return False
+        if isinstance(decision, DrainPlacement):
+            self.apply_drain(decision)
+            return False  # the request waits; room freed by the drains retries it
         return self.apply_urgent(decision)
 
     def _busy(self, node_id: str, model_id: str, delta: int) -> None:
@@ -257,7 +262,9 @@ class Simulation(LoadMechanics):
             return
         self.busy.pop(key, None)
         p = self.state.nodes[node_id].placements.get(model_id)
-        if p is not None and p.phase == "ready":
+        if p is not None and p.draining:
+            self.finish_drain(node_id, model_id)
+        elif p is not None and p.phase == "ready":
             self.freed()
             self.policy_idle(node_id, model_id)
 
@@ -317,10 +324,13 @@ class Simulation(LoadMechanics):
         self._open -= 1
 
     def _retry_parked(self) -> None:
-        """Try again to place each parked model (by id); drop requests past their wait budget."""
+        """Try again to place each parked model, the longest-waiting first (then by id), so
+        room freed for a model that waited is not taken by one that just arrived; drop
+        requests past their wait budget."""
         self._freed = False
         deadline = self.now - self.options.max_wait_s
-        for model_id in sorted(self.parked):
+        order = sorted(self.parked, key=lambda m: (self.parked[m][0].arrival, m))
+        for model_id in order:
             queue = self.parked[model_id]
             while queue and queue[0].arrival < deadline:
                 self._drop(queue.popleft())

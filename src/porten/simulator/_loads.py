@@ -23,7 +23,7 @@ from porten.agent.engines.sim import download_time_s, generation_time_s, load_ti
 from porten.domain import events as ev
 from porten.domain.state import FleetState, NodeState, disk_free_mb, vram_free_mb, vram_used_mb
 from porten.domain.values import CatalogEntry, UnloadReason
-from porten.scheduler.plan import UrgentPlacement
+from porten.scheduler.plan import DrainPlacement, UnloadDecision, UrgentPlacement
 from porten.simulator._fleet import SimNode
 from porten.simulator._metrics import Metrics
 
@@ -88,6 +88,7 @@ class LoadMechanics:
     metrics: Metrics
     ever_ready: set[str]
     _disk_used_at: dict[tuple[str, str], float]
+    _drains: dict[tuple[str, str], UnloadDecision]
     _load_seq: int
 
     def emit(self, event: ev.AnyEvent) -> None:
@@ -144,6 +145,39 @@ class LoadMechanics:
             return True
         self.metrics.rejected += 1
         return False
+
+    def apply_drain(self, d: DrainPlacement) -> None:
+        """Drain each copy still ready there: no new requests; unloaded when its last ends."""
+        for u in d.drains:
+            node = self.state.nodes.get(u.node_id)
+            p = node.placements.get(u.model_id) if node is not None else None
+            if p is None or p.phase != "ready" or p.draining:
+                self.metrics.rejected += 1
+                continue
+            self.emit(
+                ev.ModelDraining(
+                    at=self.now,
+                    actor="planner",
+                    node_id=u.node_id,
+                    model_id=u.model_id,
+                    evicted_for=u.evicted_for,
+                    detail=u.detail,
+                )
+            )
+            self._drains[(u.node_id, u.model_id)] = u
+            if not self.busy.get((u.node_id, u.model_id)):
+                self.finish_drain(u.node_id, u.model_id)
+
+    def finish_drain(self, node_id: str, model_id: str) -> None:
+        """The drained copy's last request ended: unload it."""
+        u = self._drains.pop((node_id, model_id), None)
+        self.unload(
+            node_id,
+            model_id,
+            "evicted",
+            evicted_for=u.evicted_for if u is not None else "",
+            detail=u.detail if u is not None else "drained",
+        )
 
     def start_load(self, node_id: str, model_id: str, reason: str) -> bool:
         """Append the load's first events and schedule the rest; False if it cannot start."""

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from porten.domain.state import NodeState, vram_free_mb
 from porten.scheduler.eligibility import node_admits
-from porten.scheduler.plan import LoadDecision, UnloadDecision, Unplaceable, UrgentPlacement
+from porten.scheduler.plan import (
+    LoadDecision,
+    UnloadDecision,
+    Unplaceable,
+    UrgentDecision,
+    UrgentPlacement,
+)
 
 if TYPE_CHECKING:
     from porten.simulator._kernel import Simulation
@@ -55,7 +61,7 @@ class LruPolicy:
 
     def place_cold(
         self, sim: Simulation, model_id: str, now: float
-    ) -> UrgentPlacement | Unplaceable:
+    ) -> UrgentDecision:
         """The node that fits ``model_id`` with the fewest LRU evictions (then least loaded)."""
         from porten.simulator._kernel import REQUESTER
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from porten.scheduler.plan import Unplaceable, UrgentPlacement
+from porten.scheduler.plan import UrgentDecision
 
 if TYPE_CHECKING:
     from porten.simulator._kernel import Simulation
@@ -24,8 +24,8 @@ class Policy(Protocol):
 
     def place_cold(
         self, sim: Simulation, model_id: str, now: float
-    ) -> UrgentPlacement | Unplaceable:
-        """Where a model nobody serves or loads goes now, and what it evicts."""
+    ) -> UrgentDecision:
+        """Where a model nobody serves or loads goes now, and what it evicts or drains."""
         ...
 
     def on_window(self, sim: Simulation, now: float) -> None:

@@ -2,7 +2,8 @@
 
 * a cold request (no replica ready or loading) calls
   :func:`porten.scheduler.urgent.place_urgently` on the folded state: a node,
-  and the lowest-demand idle models to evict from it;
+  and the idle copies to evict from it — or the busy ones to drain, after
+  which the request is retried once their room is free;
 * each closed demand window (after its ``demand_observed`` events are
   folded) calls :func:`porten.scheduler.planner.plan`: idle unloads plus the
   demand-driven placement, replicas included, whose decisions the kernel
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from porten.scheduler.plan import PlannerConfig, Unplaceable, UrgentPlacement
+from porten.scheduler.plan import DrainPlacement, PlannerConfig, Unplaceable, UrgentDecision
 from porten.scheduler.planner import plan
 from porten.scheduler.urgent import place_urgently
 
@@ -39,6 +40,8 @@ class PortenPolicy:
             "planner_loads": 0,
             "planner_unloads": 0,
             "urgent_placements": 0,
+            "urgent_drains": 0,
+            "urgent_waits_for_drains": 0,
             "urgent_unplaceable": 0,
         }
         self._unplaceable: dict[str, str] = {}
@@ -53,7 +56,7 @@ class PortenPolicy:
 
     def place_cold(
         self, sim: Simulation, model_id: str, now: float
-    ) -> UrgentPlacement | Unplaceable:
+    ) -> UrgentDecision:
         """The hub's urgent placement for a model requested now."""
         from porten.simulator._kernel import REQUESTER
 
@@ -61,6 +64,9 @@ class PortenPolicy:
         if isinstance(decision, Unplaceable):
             self._counts["urgent_unplaceable"] += 1
             self._unplaceable[model_id] = f"urgent: {decision.reason}"
+        elif isinstance(decision, DrainPlacement):
+            self._counts["urgent_waits_for_drains"] += 1
+            self._counts["urgent_drains"] += len(decision.drains)
         else:
             self._counts["urgent_placements"] += 1
         return decision

@@ -8,6 +8,12 @@ ready, so a page can draw a live bar without polling.
 ``phase`` is ``downloading`` → ``loading`` → ``ready`` as the spec says, plus
 ``queued`` (a node was told to load it, nothing reported yet) and ``cold``
 (offered, nobody is loading it: the next request will start a load).
+
+``pct`` is the whole warm-up, so a bar never runs backwards when the phase
+changes: downloading fills the first :data:`DOWNLOAD_SHARE` percent (by
+bytes), loading into memory the rest up to 99 (by the bytes the engine
+reports loaded, if it does), and only ``ready`` is 100. A load from weights
+already on disk starts at the loading share.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from porten.domain.state import FleetState, is_ready, load_in_progress
 
 MIB: Final = 1024 * 1024
 KEEPALIVE_S: Final = 15.0
+#: Percent of the bar the download fills; loading into memory fills the rest up to 99.
+DOWNLOAD_SHARE: Final = 90
+_PHASE_ORDER: Final = {"requested": 0, "downloading": 1, "loading": 2}
 
 
 class Warming(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,13 +57,26 @@ def warming_status(state: FleetState, model_id: str) -> Warming:
     if not loads:
         return Warming(model=model_id, ready=False, phase="cold", done_mb=0,
                        total_mb=entry.disk_mb, pct=0)
-    order = {"requested": 0, "downloading": 1, "loading": 2}
-    _, p = max(loads, key=lambda np: (order.get(np[1].phase, 0), np[1].done_bytes))
-    total = p.total_bytes or entry.disk_mb * MIB
-    done = min(p.done_bytes, total)
-    phase = "queued" if p.phase == "requested" else p.phase
-    return Warming(model=model_id, ready=False, phase=phase, done_mb=done // MIB,
-                   total_mb=total // MIB, pct=int(done * 100 // total) if total else 0)
+    progress = []
+    for _, p in loads:
+        total = p.total_bytes or entry.disk_mb * MIB
+        done = min(p.done_bytes, total)
+        progress.append((overall_pct(p.phase, done, total), _PHASE_ORDER.get(p.phase, 0), done,
+                         total, p.phase))
+    pct, _, done, total, phase = max(progress)
+    return Warming(model=model_id, ready=False,
+                   phase="queued" if phase == "requested" else phase, done_mb=done // MIB,
+                   total_mb=total // MIB, pct=pct)
+
+
+def overall_pct(phase: str, done: int, total: int) -> int:
+    """Percent of the whole warm-up: downloading 0..DOWNLOAD_SHARE, loading up to 99."""
+    share = done / total if total else 0.0
+    if phase == "downloading":
+        return int(share * DOWNLOAD_SHARE)
+    if phase == "loading":
+        return DOWNLOAD_SHARE + int(share * (99 - DOWNLOAD_SHARE))
+    return 0
 
 
 def _model(request: web.Request, state: FleetState) -> str:

@@ -194,7 +194,7 @@ class Relay:
             await self.warm(job.model_id, job.requester, budget)
         except NoCompliantNode as exc:
             self.demand.unmet(job.model_id)
-            raise errors.no_available_node(job.model_id, NO_NODE_RETRY_AFTER_S, exc.reason) \
+            raise errors.no_available_node(job.model_id, exc.retry_after_s, exc.reason) \
                 from None
         except ModelWarming as exc:
             self.demand.unmet(job.model_id)
