@@ -8,6 +8,7 @@ allowed to create databases.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 
 from porten.adapters.postgres.embedded import EmbeddedPostgres
 from redis_server import RedisServer
+
+# Stand-ins for third-party programs (llama-server, nvidia-smi, systemctl), shared by every level.
+sys.path.insert(0, str(Path(__file__).parent / "standins"))
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
+from porten.agent.engines import create_engine
 from porten.agent.engines.base import Engine, EngineError, NotProvisionable
 from porten.agent.engines.openai_engine import OpenAIEngine
 from porten.agent.engines.sim import SimModel, SimProfile, plan_chat
 from porten.agent.engines.sim_server import create_app
+from porten.agent.settings import AgentSettings
 from porten.domain.values import CatalogEntry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -173,3 +176,29 @@ async def test_load_and_unload_are_refused() -> None:
         await engine.load(CatalogEntry(id="m", vram_mb=1, disk_mb=1), lambda *_: None)
     with pytest.raises(NotProvisionable):
         await engine.unload("m")
+
+
+async def test_an_endpoint_down_at_start_is_told_to_the_owner() -> None:
+    """Starting against a dead endpoint is not fatal, but the owner reads why nothing serves."""
+    url = dead_url()
+    engine = OpenAIEngine(url, models=["m"])
+    with capture_logs() as logs:
+        await engine.start()
+    try:
+        assert {"event": f"the openai endpoint at {url} is not answering; this node serves "
+                "nothing until it does", "log_level": "warning"} in logs
+    finally:
+        await engine.aclose()
+
+
+async def test_the_budget_override_makes_a_cluster_one_big_node() -> None:
+    """PORTEN_VRAM_BUDGET_MB replaces the detected memory as the budget the hub fills."""
+    async with serving(create_app([SimModel(id="big-model")], FAST)) as url:
+        engine = create_engine(AgentSettings.from_env({
+            "PORTEN_ENGINE": "openai", "PORTEN_ENGINE_URL": url + "/v1",
+            "PORTEN_ENGINE_MODELS": "big-model", "PORTEN_VRAM_BUDGET_MB": "400000",
+        }))
+        assert isinstance(engine, OpenAIEngine)
+        async with started(engine):
+            inventory = await engine.inventory()
+    assert (inventory.vram_budget_mb, inventory.models_loaded) == (400_000, ("big-model",))

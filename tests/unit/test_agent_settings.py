@@ -29,6 +29,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
             "PORTEN_AUTO_DOWNLOAD_MB": "200000",
             "PORTEN_DATA_DIR": str(tmp_path),
             "PORTEN_SIM_PROFILE": '{"tokens_per_s": 50, "seed": 3}',
+            "PORTEN_LLAMA_SERVER": " /opt/llama.cpp/llama-server ",
         }
     )
     assert settings.credential == credential
@@ -38,6 +39,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert (settings.vram_budget_mb, settings.disk_budget_mb) == (262_144, 200_000)
     assert settings.data_dir == tmp_path
     assert settings.sim_profile == SimProfile(tokens_per_s=50, seed=3)
+    assert settings.llama_server == "/opt/llama.cpp/llama-server"
     assert settings.connect_url == "wss://porten.example/agent/v1/connect"
 
 
@@ -78,7 +80,7 @@ def test_unusable_values_name_their_variable(name: str, value: str) -> None:
 
 
 def test_the_engine_is_chosen_by_name() -> None:
-    """sim and openai are built from the settings; anything else is a clear error."""
+    """Each built-in engine is built from the settings; anything else is a clear error."""
     sim = create_engine(AgentSettings(engine="sim", engine_models=("m1",)))
     assert isinstance(sim, SimEngine)
     openai = create_engine(
@@ -86,8 +88,8 @@ def test_the_engine_is_chosen_by_name() -> None:
     )
     assert isinstance(openai, OpenAIEngine)
     assert openai.url == "http://x:1"
-    assert sorted(FACTORIES) == ["openai", "sim"]
+    assert sorted(FACTORIES) == ["builtin", "ollama", "openai", "sim"]
     with pytest.raises(ConfigError, match="PORTEN_ENGINE_URL"):
         create_engine(AgentSettings(engine="openai"))
-    with pytest.raises(ConfigError, match="choose one of: openai, sim"):
-        create_engine(AgentSettings(engine="builtin"))
+    with pytest.raises(ConfigError, match=r"choose one of: builtin, ollama, openai, sim$"):
+        create_engine(AgentSettings(engine="vllm"))

@@ -43,6 +43,7 @@ PRINTS_DATA = {
     "admin enrol-token list",
     "admin enrol-token revoke",
     "agent enroll",
+    "agent service status",
     "up",
 }
 

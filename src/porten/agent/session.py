@@ -21,7 +21,7 @@ import aiohttp
 import msgspec
 import structlog
 
-from porten.agent.engines.base import Engine, EngineError, LoadPhase
+from porten.agent.engines.base import Engine, EngineError, LoadPhase, ReportsLosses
 from porten.agent.streams import Credit, Stream, relay
 from porten.protocol import (
     AgentHeartbeat,
@@ -81,9 +81,14 @@ class Session:
         self._spawn(self._write_outbox())
         self._spawn(self._heartbeats())
         self._spawn(self._watch_inventory())
+        engine = self._engine
+        if isinstance(engine, ReportsLosses):
+            engine.on_lost(self._lost)
         try:
             return await self._read()
         finally:
+            if isinstance(engine, ReportsLosses):
+                engine.on_lost(None)
             await self._shutdown()
 
     async def _read(self) -> str:
@@ -167,6 +172,8 @@ class Session:
         if error:
             log.warning("engine failed a request", error=error)
         await self._send_quietly(AgentResponseEnd(request_id=rid, error=error))
+        if error:  # the engine may have lost models (it died, its endpoint went away)
+            self._spawn(self._report_inventory_quietly())
 
     # --- loads --------------------------------------------------------------------------
 
@@ -220,6 +227,18 @@ class Session:
             )
         await self._report_inventory()
 
+    def _lost(self, model_id: str, detail: str) -> None:
+        """The engine lost ``model_id`` on its own: tell the hub now, not at the next poll."""
+        self._log.warning("model lost by the engine", model=model_id, detail=detail)
+        self._post(AgentUnloaded(model_id=model_id, reason="engine_exited", detail=detail))
+        self._spawn(self._report_inventory_quietly())
+
+    async def _report_inventory_quietly(self) -> None:
+        try:
+            await self._report_inventory()
+        except Exception as exc:  # a flaky engine must not end the session
+            self._log.warning("cannot read the engine's inventory", error=str(exc))
+
     async def _report_inventory(self) -> None:
         """Tell the hub what the engine holds, if that changed since it last heard."""
         inventory = await self._engine.inventory()
@@ -238,10 +257,7 @@ class Session:
         """Re-report when the engine changes on its own (an owner pulls a model, it crashes)."""
         while True:
             await asyncio.sleep(self._inventory_poll_s)
-            try:
-                await self._report_inventory()
-            except Exception as exc:  # a flaky engine must not end the session
-                self._log.warning("cannot read the engine's inventory", error=str(exc))
+            await self._report_inventory_quietly()
 
     async def _write_outbox(self) -> None:
         while True:

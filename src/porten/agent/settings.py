@@ -68,16 +68,18 @@ class AgentSettings:
     hub_url: str = attrs.field(default=DEFAULT_HUB_URL, converter=_hub_url)
     #: The node credential (``pn-node-…``); never in ``repr``.
     credential: str = attrs.field(default="", repr=False)
-    #: Which engine serves: ``sim``, ``openai`` (``builtin`` and ``ollama`` are to come).
+    #: Which engine serves: ``builtin``, ``ollama``, ``openai``, ``sim`` or a plugin's name.
     engine: str = "builtin"
     #: The engine's base URL, for engines the agent does not start itself.
     engine_url: str = ""
     #: Models the node may serve (``PORTEN_ENGINE_MODELS``); empty means whatever it reports.
     engine_models: tuple[str, ...] = ()
-    #: VRAM the hub may fill; 0 means the engine's own figure.
+    #: VRAM the hub may fill; 0 means the detected figure (see :mod:`porten.agent.resources`).
     vram_budget_mb: int = 0
-    #: Disk the agent may fill with downloaded weights.
+    #: Disk the agent may fill with downloaded weights; 0 means the engine's default.
     disk_budget_mb: int = 0
+    #: The llama.cpp server the builtin engine runs (``PORTEN_LLAMA_SERVER``); empty: found.
+    llama_server: str = ""
     data_dir: Path = attrs.field(factory=default_data_dir)
     #: Timings of the simulated hardware (``PORTEN_SIM_PROFILE``, JSON), for ``engine=sim``.
     sim_profile: SimProfile = attrs.field(factory=SimProfile)
@@ -94,6 +96,7 @@ class AgentSettings:
             "engine_models": _models(env.get("PORTEN_ENGINE_MODELS", "")),
             "vram_budget_mb": _int(env, "PORTEN_VRAM_BUDGET_MB", 0),
             "disk_budget_mb": _int(env, "PORTEN_AUTO_DOWNLOAD_MB", 0),
+            "llama_server": env.get("PORTEN_LLAMA_SERVER", "").strip(),
             "sim_profile": _sim_profile(env.get("PORTEN_SIM_PROFILE", "")),
         }
         if env.get("PORTEN_DATA_DIR"):

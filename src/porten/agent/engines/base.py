@@ -15,7 +15,7 @@ that a client who went away stops the GPU, not just the socket.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol, runtime_checkable
 
 from porten.domain.values import CatalogEntry
@@ -105,4 +105,22 @@ class Engine(Protocol):
 
         Raises :class:`EngineError` if the engine cannot be reached at all.
         """
+        ...
+
+
+#: ``(model_id, detail)``: a model left memory without being asked (its process died).
+LossCallback = Callable[[str, str], None]
+
+
+@runtime_checkable
+class ReportsLosses(Protocol):
+    """An engine that notices on its own when a loaded model dies (optional).
+
+    The session registers a callback while it is connected, and reports each
+    loss to the hub at once (``AgentUnloaded``, reason ``engine_exited``)
+    instead of waiting for the next inventory poll.
+    """
+
+    def on_lost(self, callback: LossCallback | None) -> None:
+        """Call ``callback`` for each model lost from now on (``None`` stops it)."""
         ...

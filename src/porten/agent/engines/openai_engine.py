@@ -34,6 +34,10 @@ log = structlog.get_logger(__name__)
 CONNECT_TIMEOUT_S: Final = 10.0
 #: Seconds a health or model-list probe may take in all.
 PROBE_TIMEOUT_S: Final = 5.0
+#: What the owner reads when the endpoint does not answer as the agent starts.
+ENDPOINT_DOWN: Final = (
+    "the {kind} endpoint at {url} is not answering; this node serves nothing until it does"
+)
 _HEADERS: Final = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 
 
@@ -81,6 +85,23 @@ class HttpEngineResponse:
             self._response.close()
 
 
+async def proxy_request(
+    http: aiohttp.ClientSession, base_url: str, path: str, body: bytes, *, stream: bool
+) -> HttpEngineResponse:
+    """POST ``body`` to ``base_url + path``; returns once the status line arrived.
+
+    Raises :class:`EngineError` if the engine cannot be reached at all.
+    """
+    accept = "text/event-stream" if stream else "application/json"
+    try:
+        response = await http.post(
+            base_url + path, data=body, headers={**_HEADERS, "Accept": accept}
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise EngineError(f"the engine at {base_url} is unreachable: {exc}") from exc
+    return HttpEngineResponse(response)
+
+
 class OpenAIEngine:
     """Proxies to an OpenAI-compatible HTTP endpoint that someone else runs."""
 
@@ -94,6 +115,8 @@ class OpenAIEngine:
         models: Sequence[str] = (),
         vram_budget_mb: int = 0,
         disk_budget_mb: int = 0,
+        vram_total_mb: int | None = None,
+        warn_if_down: bool = True,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
@@ -101,13 +124,19 @@ class OpenAIEngine:
         self.url = base.removesuffix("/v1")  # people paste the SDK's base URL; accept it
         self.models = tuple(models)
         self._vram_budget_mb = vram_budget_mb
+        self._vram_total_mb = vram_budget_mb if vram_total_mb is None else vram_total_mb
         self._disk_budget_mb = disk_budget_mb
+        self._warn_if_down = warn_if_down
         self._connect_timeout_s = connect_timeout_s
         self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the HTTP session (unlimited connections: the hub bounds concurrency)."""
+        """Open the HTTP session (unlimited connections: the hub bounds concurrency).
+
+        An endpoint that is down is not fatal — its owner may start it later,
+        and the inventory poll notices — but the owner is told at once.
+        """
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
@@ -117,6 +146,8 @@ class OpenAIEngine:
                     sock_connect=self._connect_timeout_s,
                 ),
             )
+            if self._warn_if_down and not await self.health():
+                log.warning(ENDPOINT_DOWN.format(kind=self.kind, url=self.url))
 
     async def aclose(self) -> None:
         """Close the session and every connection it holds."""
@@ -154,7 +185,7 @@ class OpenAIEngine:
         return Inventory(
             engine=self.kind,
             provisionable=False,
-            vram_total_mb=self._vram_budget_mb,
+            vram_total_mb=self._vram_total_mb,
             vram_budget_mb=self._vram_budget_mb,
             disk_budget_mb=self._disk_budget_mb,
             models_loaded=loaded,
@@ -174,14 +205,7 @@ class OpenAIEngine:
 
     async def request(self, path: str, body: bytes, *, stream: bool) -> EngineResponse:
         """POST ``body`` to ``path``; returns once the engine's status line arrived."""
-        accept = "text/event-stream" if stream else "application/json"
-        try:
-            response = await self._http.post(
-                self.url + path, data=body, headers={**_HEADERS, "Accept": accept}
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise EngineError(f"the engine at {self.url} is unreachable: {exc}") from exc
-        return HttpEngineResponse(response)
+        return await proxy_request(self._http, self.url, path, body, stream=stream)
 
     @property
     def _http(self) -> aiohttp.ClientSession:
