@@ -19,15 +19,19 @@ routing and after metering:
   ``redis-server`` on 127.0.0.1: the hub leases a second's worth of the
   allowance per Lua call (:mod:`porten.services.leases`), so most requests
   are admitted in memory;
-* ``budget_redis`` — a key that also has a budget: money is reserved in Redis
-  per request (one Lua call; its settlement runs in the background and one
-  is timed as ``settle_redis``). Not a goal: it is a network round trip, and
-  reported as such beside ``redis_ping``.
+* ``budget_redis`` — a key that also has a budget: the lease also holds a
+  slice of the budget (about 16 requests' worst case), reserved from in
+  memory and settled into the slice; a Lua call renews it when it runs out.
+
+``redis_clients`` times redis-py's asyncio client on the same server, with
+one shared connection (what the hub uses) and with its connection pool:
+``PING``, one request's Lua call alone (what every budgeted request cost
+before slices) and the same call 16 at a time.
 
 Variants run interleaved in rounds, so a busy shared machine slows them all
 alike; each figure is a distribution of single-request times (p50/p90/p99,
 microseconds) and ``added_p50_us`` is its p50 minus the baseline's. The goal
-is ``added_p50_us <= 100`` for the three full paths. A second, HTTP-level
+is ``added_p50_us <= 100`` for the four full paths. A second, HTTP-level
 measure sends requests alternately to two routes of one aiohttp server on
 127.0.0.1 — one that runs the checks, one that does not — and reports the
 difference of their p50s (noisier: an HTTP round trip is ~100x the checks).
@@ -36,6 +40,7 @@ difference of their p50s (noisier: an HTTP round trip is ~100x the checks).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import socket
@@ -65,6 +70,7 @@ from porten.scheduler.eligibility import Requester, model_allowed
 from porten.services.admission import Gate
 from porten.services.auth import Authenticator, authenticate
 from porten.services.credentials import new_api_key, token_hash
+from porten.services.ratelimit import Ask
 
 SECRET = b"bench-secret-bench-secret-bench!"
 MODEL = DEFAULT_CATALOG[1]
@@ -146,7 +152,7 @@ class Checks:
         await self._full(self.rates_headers, self.redis_gate)
 
     async def budget_redis(self) -> None:
-        """A key with rates and a budget, Redis limiter: one round trip per request."""
+        """A key with rates and a budget, Redis limiter (a budget slice: most never wait on it)."""
         await self._full(self.limited_headers, self.redis_gate)
 
 
@@ -167,32 +173,57 @@ async def run_micro(checks: Checks, rounds: int, per_round: int) -> dict[str, li
                 t = clock()
                 await fn()
                 out.append(clock() - t)
-            await checks.redis_gate.aclose()  # let background settlements finish between rounds
+            await checks.redis_gate.flush()  # let background settlements finish between rounds
     return samples
 
 
-async def time_settle(limiter: RedisLimiter, count: int) -> list[int]:
-    """Settlement round trips to Redis (they run off the response path)."""
-    from porten.services.ratelimit import Settlement
+def budget_ask(i: int, **fields: Any) -> Ask:
+    """A budgeted request's ask, alone (no lease): one Lua call per request."""
+    return Ask(key_id="k-alone", request_id=f"alone{i}", now=time.time(),
+               requests_per_min=6_000_000, tokens_per_min=10**12, tokens=50,
+               budget_nano=10**15, want_nano=40_000, least_nano=8_000, **fields)
 
-    out = []
-    for i in range(count):
+
+async def time_calls(call: Callable[[int], Awaitable[Any]], count: int, width: int = 1
+                     ) -> list[int]:
+    """Per-call nanoseconds of ``count`` calls, ``width`` at a time."""
+    out: list[int] = []
+
+    async def one(i: int) -> None:
         t = time.perf_counter_ns()
-        await limiter.settle(Settlement(key_id="k1", request_id=f"s{i}", now=time.time(),
-                                        tokens_per_min=10**12, tokens_delta=70, cost_nano=10,
-                                        budgeted=True))
+        await call(i)
         out.append(time.perf_counter_ns() - t)
+
+    for start in range(0, count, width):
+        await asyncio.gather(*(one(start + j) for j in range(width)))
     return out
 
 
-async def time_ping(limiter: RedisLimiter, count: int) -> list[int]:
-    """Bare PING round trips on the same connection: the floor under any Redis call."""
-    out = []
-    for _ in range(count):
-        t = time.perf_counter_ns()
-        await limiter.client.call("PING")
-        out.append(time.perf_counter_ns() - t)
-    return out
+async def compare_clients(url: str, rounds: int, count: int) -> dict[str, Any]:
+    """redis-py with one shared connection and with its pool: PING, and a request's Lua call."""
+    limiters = {"single_connection": RedisLimiter.from_url(url, timeout_s=1.0,
+                                                           single_connection=True),
+                "pool": RedisLimiter.from_url(url, timeout_s=1.0)}
+    samples: dict[str, dict[str, list[int]]] = {
+        name: {"ping": [], "admit": [], "admit_16_concurrent": []} for name in limiters}
+    try:
+        for _ in range(rounds):
+            for name, lim in limiters.items():
+                out = samples[name]
+
+                async def ping(_: int, lim: RedisLimiter = lim) -> None:
+                    await lim.client.ping()
+
+                async def admit(i: int, lim: RedisLimiter = lim) -> None:
+                    await lim.admit(budget_ask(i))
+
+                out["ping"] += await time_calls(ping, count)
+                out["admit"] += await time_calls(admit, count)
+                out["admit_16_concurrent"] += await time_calls(admit, count, width=16)
+    finally:
+        for lim in limiters.values():
+            await lim.aclose()
+    return {name: {what: pct(s) for what, s in out.items()} for name, out in samples.items()}
 
 
 async def run_http(checks: Checks, requests: int) -> dict[str, Any]:
@@ -260,8 +291,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             checks = Checks(state, tokens, limiter)
             await run_micro(checks, rounds=2, per_round=200)  # warm-up
             samples = await run_micro(checks, rounds=args.rounds, per_round=args.per_round)
-            settle = await time_settle(limiter, args.per_round * 2)
-            ping = await time_ping(limiter, args.per_round * 2)
+            clients = await compare_clients(url, rounds=max(2, args.rounds // 4),
+                                            count=args.per_round)
             http = await run_http(checks, args.http_requests)
         finally:
             await limiter.aclose()
@@ -275,7 +306,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     goals = {name: {"added_p50_us": micro[name]["added_p50_us"],
                     "goal_us": GOAL_ADDED_P50_US,
                     "met": micro[name]["added_p50_us"] <= GOAL_ADDED_P50_US}
-             for name in ("open_key", "limited_memory", "rates_redis")}
+             for name in ("open_key", "limited_memory", "rates_redis", "budget_redis")}
     return {
         "benchmark": "auth",
         "when": datetime.now(UTC).isoformat(),
@@ -284,8 +315,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "fleet": {"keys": len(state.keys), "accounts": len(state.users),
                   "nodes": len(state.nodes)},
         "per_request": micro,
-        "settle_redis": pct(settle),
-        "redis_ping": pct(ping),
+        "redis_clients": clients,
         "http": http,
         "goals": goals,
         "all_goals_met": all(g["met"] for g in goals.values()),
@@ -306,8 +336,9 @@ def cli() -> None:
     for name, figures in report["per_request"].items():
         print(f"{name:<16} p50 {figures['p50_us']:>8.2f} us   added {figures['added_p50_us']:>8.2f}"
               f" us   p99 {figures['p99_us']:>8.2f} us")
-    print(f"settle (redis)   p50 {report['settle_redis']['p50_us']:>8.2f} us")
-    print(f"ping (redis)     p50 {report['redis_ping']['p50_us']:>8.2f} us")
+    for name, figures in report["redis_clients"].items():
+        print(f"redis-py {name:<18} " + "   ".join(
+            f"{what} p50 {f['p50_us']:.1f} us" for what, f in figures.items()))
     print(f"http: without p50 {report['http']['without']['p50_us']} us, with "
           f"{report['http']['with']['p50_us']} us, added {report['http']['added_p50_us']} us")
     print("all goals met" if report["all_goals_met"] else "GOAL MISSED")

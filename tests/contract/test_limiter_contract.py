@@ -190,3 +190,82 @@ async def test_token_refunds_never_move_the_allowance_past_full(limiter: Limiter
                                     refund_tokens=1000))).allowed
     assert (await limiter.admit(ask("b", tokens_per_min=100, tokens=90))).allowed
     assert not (await limiter.admit(ask("c", tokens_per_min=100, tokens=5))).allowed
+
+
+BUDGET = {"budget_nano": 1000, "least_nano": 1}
+
+
+async def test_a_slice_is_at_most_an_eighth_of_what_is_left_and_covers_the_request(
+    limiter: Limiter,
+) -> None:
+    """Slices of 200 wanted from 1000: 125 (1000/8), then 109 (875/8); never below the want."""
+    first = await limiter.admit(ask("lease-a", want_nano=10, slice_nano=200, **BUDGET))
+    assert (first.allowed, first.reserved_nano) == (True, 125)
+    second = await limiter.admit(ask("lease-b", want_nano=10, slice_nano=200, **BUDGET))
+    assert second.reserved_nano == 109
+    big = await limiter.admit(ask("lease-c", want_nano=300, slice_nano=4800, **BUDGET))
+    assert big.reserved_nano == 300  # 766/8 is less than the request itself needs
+
+
+async def test_near_the_end_a_slice_is_the_request_alone(limiter: Limiter) -> None:
+    """Less left than the want: the slice is what is left (capped request), then refused."""
+    assert (await limiter.admit(ask("a", want_nano=950, **BUDGET))).reserved_nano == 950
+    last = await limiter.admit(ask("lease", want_nano=40, slice_nano=640, **BUDGET))
+    assert (last.allowed, last.reserved_nano) == (True, 40)  # 50 left: 50/8 < 40
+    capped = await limiter.admit(ask("lease", want_nano=40, slice_nano=640, **BUDGET))
+    assert (capped.allowed, capped.reserved_nano) == (True, 10)
+    refused = await limiter.admit(ask("lease", want_nano=40, slice_nano=640, **BUDGET))
+    assert (refused.allowed, refused.limit, refused.retry_after_s) == (False, "budget", 1.0)
+
+
+async def test_a_hold_grows_with_each_slice_and_shrinks_with_each_report(
+    limiter: Limiter,
+) -> None:
+    """A report moves what the hold spent to spent and frees what it does not need."""
+    assert (await limiter.admit(ask("h", want_nano=100, slice_nano=800, **BUDGET))
+            ).reserved_nano == 125
+    assert (await limiter.admit(ask("h", want_nano=100, slice_nano=800, **BUDGET))
+            ).reserved_nano == 109  # the hold is 234
+    report = await limiter.admit(ask("h", hold_release_nano=134, hold_spent_nano=30,
+                                     want_nano=0, **BUDGET))
+    assert report.spent_nano == 30  # the hold is now 100
+    rest = await limiter.admit(ask("other", want_nano=870, **BUDGET))
+    assert (rest.allowed, rest.reserved_nano) == (True, 870)  # 1000 - 30 - 100
+    await limiter.settle(Settlement(key_id="k1", request_id="h", now=NOW, cost_nano=60,
+                                    budgeted=True, release_nano=60))
+    await limiter.settle(Settlement(key_id="k1", request_id="other", now=NOW, cost_nano=0,
+                                    budgeted=True))
+    left = await limiter.admit(ask("last", want_nano=870, **BUDGET))
+    assert (left.reserved_nano, left.spent_nano) == (870, 90)  # the hold keeps 40
+
+
+async def test_a_report_applies_even_when_the_ask_is_refused(limiter: Limiter) -> None:
+    """A refused lease renewal still returns the old lease's money and counts its spending."""
+    assert (await limiter.admit(ask("h", want_nano=500, **BUDGET))).reserved_nano == 500
+    assert (await limiter.admit(ask("r1", requests_per_min=1))).allowed
+    refused = await limiter.admit(ask("h", requests_per_min=1, want_nano=10,
+                                      hold_release_nano=500, hold_spent_nano=200, **BUDGET))
+    assert (refused.allowed, refused.limit) == (False, "requests")
+    after = await limiter.admit(ask("x", want_nano=800, **BUDGET))
+    assert (after.allowed, after.reserved_nano, after.spent_nano) == (True, 800, 200)
+
+
+async def test_a_release_never_frees_more_than_the_hold(limiter: Limiter) -> None:
+    """Releasing 500 from a hold of 100 frees 100, not other holds' money."""
+    assert (await limiter.admit(ask("a", want_nano=100, **BUDGET))).allowed
+    assert (await limiter.admit(ask("b", want_nano=900, **BUDGET))).allowed
+    await limiter.settle(Settlement(key_id="k1", request_id="a", now=NOW, cost_nano=0,
+                                    budgeted=True, release_nano=500))
+    assert (await limiter.admit(ask("c", want_nano=100, least_nano=100,
+                                    budget_nano=1000))).allowed
+    assert not (await limiter.admit(ask("d", want_nano=1, least_nano=1,
+                                        budget_nano=1000))).allowed
+
+
+async def test_a_hold_lives_hold_s_past_the_last_ask_naming_it(limiter: Limiter) -> None:
+    """Each slice renews the hold's expiry; a hold nobody renews is dropped."""
+    budget = {"budget_nano": 100, "least_nano": 1, "hold_s": 60.0}
+    assert (await limiter.admit(ask("h", want_nano=50, **budget))).allowed
+    assert (await limiter.admit(ask("h", now=NOW + 50, want_nano=50, **budget))).allowed
+    assert not (await limiter.admit(ask("x", now=NOW + 70, want_nano=1, **budget))).allowed
+    assert (await limiter.admit(ask("x", now=NOW + 111, want_nano=100, **budget))).allowed

@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from porten.domain.quota import (
+    SLICE_SHARE,
     affordable_tokens,
     budget_reserve,
+    budget_slice,
     gcra,
     gcra_adjust,
     request_cost_nano,
@@ -86,3 +88,22 @@ def test_affordable_tokens() -> None:
     assert affordable_tokens(1599, 0.16) == 9
     assert affordable_tokens(0, 0.16) == 0
     assert affordable_tokens(1, 0.0) is None
+
+
+@given(
+    budget=st.integers(0, 10**12), spent=st.integers(0, 10**12), held=st.integers(0, 10**12),
+    want=st.integers(0, 10**9), least=st.integers(0, 10**9), size=st.integers(0, 10**11),
+)
+def test_a_slice_fits_the_budget_covers_its_request_and_leaves_most_to_others(
+    budget: int, spent: int, held: int, want: int, least: int, size: int
+) -> None:
+    """Never more than is left; at least the want when it fits; a bigger slice takes <= 1/8."""
+    least = min(least, want)
+    available = budget - spent - held
+    reserved, wait = budget_slice(budget, spent, held, want, least, size=size)
+    assert reserved <= max(available, 0)
+    if available >= want:
+        assert want <= reserved <= max(want, min(size, available // SLICE_SHARE))
+        assert wait == 0.0
+    else:
+        assert (reserved, wait) == budget_reserve(budget, spent, held, want, least)

@@ -16,9 +16,12 @@ in Redis and in a Lua script's doubles alike (exact up to 2^53 nano ≈ $9M
 per key). A request *reserves* its worst-case cost before it is routed and
 *settles* its actual cost when metered; the budget admits it only if
 ``spent + held + reservation <= budget``, so concurrent requests cannot
-together overspend. Where the worst case does not fit, the reservation is
-whatever is left (at least the prompt and one token) and the request's
-completion is capped to what that buys.
+together overspend. A hub may hold a *slice* of the budget and reserve
+from it locally (:func:`budget_slice`); the slice is held like a
+reservation, so the same inequality bounds every hub together. Where the
+worst case does not fit, the reservation is whatever is left (at least the
+prompt and one token) and the request's completion is capped to what that
+buys.
 
 Pure: the clock is an argument. The in-process limiter uses these functions
 directly; the Redis limiter's Lua script is their transcription, and one
@@ -37,6 +40,10 @@ PERIOD_S: Final = 60.0
 SLACK_S: Final = 1e-3
 #: Nano-dollars per dollar.
 NANO: Final = 1_000_000_000
+#: A budget slice (one hub's lease of a key's money) is at most this fraction of what the key
+#: has available, so hubs leave each other most of it. A power of two: the division is exact
+#: in a Lua double too.
+SLICE_SHARE: Final = 8
 
 
 def gcra(tat: float, now: float, cost: float, limit: int) -> tuple[bool, float, float]:
@@ -101,6 +108,23 @@ def budget_reserve(
     if available >= least and available > 0:
         return available, 0.0
     return 0, (1.0 if held > 0 else 3600.0)
+
+
+def budget_slice(
+    budget: int, spent: int, held: int, want: int, least: int, *, size: int
+) -> tuple[int, float]:
+    """``(reserved, retry_after_s)`` for a slice of up to ``size`` that covers a request's ``want``.
+
+    Where the budget has room for ``want``, the slice is ``size`` but at most
+    1/:data:`SLICE_SHARE` of what is available, and never less than ``want``.
+    Otherwise — and for a ``size`` no bigger than ``want`` — it is
+    :func:`budget_reserve`, for the request alone: so a key's last cents go
+    request by request, however many hubs ask.
+    """
+    available = budget - spent - held
+    if size > want and available >= want:
+        return max(want, min(size, available // SLICE_SHARE)), 0.0
+    return budget_reserve(budget, spent, held, want, least)
 
 
 def affordable_tokens(nano: int, price_out_per_m: float) -> int | None:

@@ -2,16 +2,22 @@
 
 Every /v1 request passes the :class:`Gate` after authentication and before
 routing. A key with no rate limit and no budget costs nothing here: no
-limiter is asked. With Redis, a key with rate limits and no budget is
-admitted from this hub's lease of its allowance (:mod:`porten.services.leases`:
-one Redis call per second's worth of requests, not per request). Otherwise
-one atomic limiter call checks requests/min,
+limiter is asked. Otherwise the request is checked against requests/min,
 tokens/min (the prompt's estimate now, the rest when metered) and the
 budget (reserving the request's worst-case cost, or what is left, capping
-its completion to what that buys). The :class:`Admission` it returns is
-settled exactly once: when the relay meters the request (:meth:`Admission.charge`,
-which also prices it for the ``request_served`` event) or, if it never got
-that far, when the handler ends (:meth:`Admission.release`).
+its completion to what that buys):
+
+* without Redis, in this process's :class:`~porten.services.ratelimit.LocalLimiter`,
+  one call per request;
+* with Redis, from this hub's *lease* on the key (:mod:`porten.services.leases`):
+  a second's worth of its rates and a slice of its budget, taken in one
+  atomic Lua call and drawn on in memory — one Redis call per lease, not
+  per request (:mod:`porten.services.shared_limits`).
+
+The :class:`Admission` it returns is settled exactly once: when the relay
+meters the request (:meth:`Admission.charge`, which also prices it for the
+``request_served`` event) or, if it never got that far, when the handler
+ends (:meth:`Admission.release`).
 
 **When Redis is down** (``PORTEN_REDIS_URL`` set but unreachable, or too
 slow: each call gives up after 250 ms) the hub decides per key:
@@ -24,20 +30,18 @@ slow: each call gives up after 250 ms) the hub decides per key:
   ``Retry-After``. Money spent cannot be taken back, and budgets held in
   one process cannot stop another from spending the same dollars.
 
-After a failure the hub does not ask Redis again for a second (so an
-outage costs one timeout per second, not one per request); it logs one
-warning when Redis goes away and one line when it is back.
+It asks Redis again after a second, one request at a time (see
+:mod:`porten.services.shared_limits`), and logs one warning when Redis goes
+away and one line when it is back.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, Final
+import itertools
+from collections.abc import Callable
 
 import attrs
 import msgspec
-import structlog
 
 from porten.domain.quota import (
     affordable_tokens,
@@ -48,13 +52,10 @@ from porten.domain.quota import (
 )
 from porten.domain.state import FleetState, KeyState
 from porten.domain.values import CatalogEntry
-from porten.services.leases import RateLeases
-from porten.services.ratelimit import Ask, Limit, Limiter, LocalLimiter, Settlement, Verdict
+from porten.services.ratelimit import Ask, Limit, Limiter, LocalLimiter, Settlement
+from porten.services.shared_limits import Decision, LimitsUnavailable, SharedLimits
 
-log = structlog.get_logger(__name__)
-
-#: Seconds between two attempts to reach an unreachable shared limiter.
-RETRY_SHARED_S: Final = 1.0
+__all__ = ["Admission", "Charge", "Gate", "LimitsUnavailable", "Refused"]
 
 
 class Refused(Exception):
@@ -64,14 +65,6 @@ class Refused(Exception):
         self.limit = limit
         self.retry_after_s = retry_after_s
         super().__init__(message)
-
-
-class LimitsUnavailable(Exception):
-    """The shared limiter is unreachable and the key's budget cannot be checked."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__("the spending budget cannot be checked right now")
 
 
 class Charge(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,10 +89,12 @@ class Admission:
     reserved_nano: int = 0
     #: The completion limit to forward when the budget binds (None: as the client asked).
     completion_cap: int | None = None
-    #: The limiter that admitted it (None: no limits, or a lease of this hub's).
-    limiter: Limiter | None = None
-    #: Admitted from this hub's lease of the key's rates (see :mod:`porten.services.leases`).
+    #: Admitted under this hub's lease on the key (see :mod:`porten.services.leases`).
     leased: bool = False
+    #: Admitted by the in-memory limiter (settles there).
+    limited: bool = False
+    #: The budget hold its money is reserved under (its own, or its hub's lease's).
+    hold_id: str = ""
     settled: bool = False
 
     def charge(self, node_id: str, prompt_tokens: int, completion_tokens: int) -> Charge:
@@ -119,22 +114,16 @@ class Admission:
         if self.settled:
             return
         self.settled = True
-        policy = self.key.policy
-        if self.leased:
-            self.gate.settle_leased(self.key.key_id, policy.tokens_per_min,
-                                    tokens_used - self.tokens_charged)
-            return
-        if self.limiter is None:
-            return
-        settlement = Settlement(
-            key_id=self.key.key_id, request_id=self.request_id, now=self.gate.clock(),
-            tokens_per_min=policy.tokens_per_min, tokens_delta=tokens_used - self.tokens_charged,
-            cost_nano=cost_nano, budgeted=policy.budget_usd is not None,
-        )
-        if isinstance(self.limiter, LocalLimiter):
-            self.limiter.settle_now(settlement)
-        else:
-            self.gate.background(self.gate.settle_shared(self.limiter, settlement))
+        policy, delta = self.key.policy, tokens_used - self.tokens_charged
+        if self.leased and self.gate.shared_limits is not None:
+            self.gate.shared_limits.settle(
+                self.key.key_id, self.hold_id, reserved=self.reserved_nano, cost=cost_nano,
+                tokens_per_min=policy.tokens_per_min, tokens_delta=delta)
+        elif self.limited:
+            self.gate.local.settle_now(Settlement(
+                key_id=self.key.key_id, request_id=self.hold_id, now=self.gate.clock(),
+                tokens_per_min=policy.tokens_per_min, tokens_delta=delta, cost_nano=cost_nano,
+                budgeted=policy.budget_usd is not None))
 
 
 @attrs.define(eq=False)
@@ -145,14 +134,15 @@ class Gate:
     clock: Callable[[], float]
     local: LocalLimiter = attrs.field(factory=LocalLimiter)
     shared: Limiter | None = None
-    leases: RateLeases = attrs.field(factory=RateLeases)
-    #: Keys whose lease is being asked for, and whether it was granted.
-    _leasing: dict[str, asyncio.Future[bool]] = attrs.field(factory=dict)
     #: How long a reservation may stay unsettled (longer than any request may take).
     hold_s: float = 900.0
-    _down_until: float = 0.0
-    _down: bool = False
-    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set)
+    #: Leases on ``shared`` (None without it).
+    shared_limits: SharedLimits | None = attrs.field(init=False)
+    _holds: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    def __attrs_post_init__(self) -> None:
+        self.shared_limits = (SharedLimits(self.shared, self.clock)
+                              if self.shared is not None else None)
 
     async def admit(
         self, key: KeyState, request_id: str, entry: CatalogEntry, *, prompt_tokens: int,
@@ -172,78 +162,30 @@ class Gate:
             policy.budget_usd is None
         ):
             return admission
-        ask = self._ask(key, request_id, entry, prompt_tokens=prompt_tokens,
+        ask = self._ask(key, entry, prompt_tokens=prompt_tokens,
                         completion_cap=completion_cap, completion=completion)
-        verdict, limiter = await self._decide(ask, budgeted=policy.budget_usd is not None)
+        decision = None
+        if self.shared_limits is not None:
+            decision = await self.shared_limits.admit(ask)
+            admission.leased = decision is not None
+        if decision is None:
+            verdict = self.local.admit_now(ask)
+            decision = Decision(verdict, verdict.reserved_nano, ask.request_id)
+            admission.limited = True
+        verdict = decision.verdict
         if not verdict.allowed:
             raise Refused(verdict.limit, verdict.retry_after_s,
                           _refusal(key, verdict.limit, verdict.spent_nano))
-        admission.limiter = limiter
-        admission.leased = limiter is None
+        admission.hold_id, admission.reserved_nano = decision.hold_id, decision.reserved
         if policy.tokens_per_min is not None:  # GCRA charges at most a minute's allowance
             admission.tokens_charged = min(ask.tokens, policy.tokens_per_min)
-        admission.reserved_nano = verdict.reserved_nano
-        if policy.budget_usd is not None and completion and verdict.reserved_nano < ask.want_nano:
+        if policy.budget_usd is not None and completion and decision.reserved < ask.want_nano:
             prompt_nano = token_cost_nano(prompt_tokens, entry.price_in_per_m)
-            admission.completion_cap = affordable_tokens(verdict.reserved_nano - prompt_nano,
+            admission.completion_cap = affordable_tokens(decision.reserved - prompt_nano,
                                                          entry.price_out_per_m)
         return admission
 
-    async def _decide(self, ask: Ask, *, budgeted: bool) -> tuple[Verdict, Limiter | None]:
-        """The verdict and the limiter that gave it (None: this hub's lease of the key's rates)."""
-        if self.shared is None:
-            return self.local.admit_now(ask), self.local
-        if self.clock() < self._down_until:  # down a moment ago: do not wait on it again yet
-            if budgeted:
-                raise LimitsUnavailable(max(self._down_until - self.clock(), RETRY_SHARED_S))
-            return self.local.admit_now(ask), self.local
-        if not budgeted and self.leases.take(ask):
-            return Verdict(allowed=True), None
-        try:
-            verdict, limiter = await self._ask_shared(self.shared, ask, budgeted=budgeted)
-        except Exception as exc:  # unreachable or too slow: decide without it
-            self._went_down(exc)
-            if budgeted:
-                raise LimitsUnavailable(RETRY_SHARED_S) from None
-            return self.local.admit_now(ask), self.local
-        if self._down:
-            self._down = False
-            log.info("shared rate limiter reachable again")
-        return verdict, limiter
-
-    async def _ask_shared(self, shared: Limiter, ask: Ask, *, budgeted: bool
-                          ) -> tuple[Verdict, Limiter | None]:
-        """A lease covering ``ask`` if its rates can be sliced and allow it, else ``ask`` alone.
-
-        One lease per key is asked for at a time: concurrent requests of the key
-        wait for it and draw on it, rather than each leasing a slice of its own.
-        """
-        if budgeted:
-            return await shared.admit(ask), shared
-        while (pending := self._leasing.get(ask.key_id)) is not None:
-            granted = await asyncio.shield(pending)
-            if self.leases.take(ask):
-                return Verdict(allowed=True), None
-            if not granted:  # the allowance is short of a slice: ask for this request alone
-                return await shared.admit(ask), shared
-        lease = self.leases.lease_ask(ask)
-        if lease is None:
-            return await shared.admit(ask), shared
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._leasing[ask.key_id] = done
-        granted = False
-        try:
-            verdict = await shared.admit(lease)
-            if verdict.allowed:
-                self.leases.granted(lease, ask)
-                granted = True
-                return verdict, None
-        finally:
-            del self._leasing[ask.key_id]
-            done.set_result(granted)
-        return await shared.admit(ask), shared
-
-    def _ask(self, key: KeyState, request_id: str, entry: CatalogEntry, *, prompt_tokens: int,
+    def _ask(self, key: KeyState, entry: CatalogEntry, *, prompt_tokens: int,
              completion_cap: int | None, completion: bool) -> Ask:
         policy = key.policy
         budget = nano_usd(policy.budget_usd) if policy.budget_usd is not None else None
@@ -257,49 +199,24 @@ class Gate:
                                      entry.price_out_per_m)
             least = request_cost_nano(prompt_tokens, 1 if completion else 0,
                                       entry.price_in_per_m, entry.price_out_per_m)
+        # The hold is named here, never after the client's X-Request-Id: two requests
+        # sending the same one must not share a reservation.
         return Ask(
-            key_id=key.key_id, request_id=request_id, now=self.clock(),
+            key_id=key.key_id, request_id=f"hold:{next(self._holds)}", now=self.clock(),
             requests_per_min=policy.requests_per_min, tokens_per_min=policy.tokens_per_min,
             tokens=prompt_tokens, budget_nano=budget, spent_nano=nano_usd(key.spent_usd),
             want_nano=want, least_nano=least, hold_s=self.hold_s,
         )
 
-    def settle_leased(self, key_id: str, tokens_per_min: int | None, delta: int) -> None:
-        """Charge a leased request's extra tokens to the lease; what it cannot cover, to Redis."""
-        if tokens_per_min is None or not delta:
-            return
-        excess = self.leases.settle_tokens(key_id, delta)
-        if excess > 0 and self.shared is not None:
-            self.background(self.settle_shared(self.shared, Settlement(
-                key_id=key_id, request_id="", now=self.clock(), tokens_per_min=tokens_per_min,
-                tokens_delta=excess)))
-
-    async def settle_shared(self, limiter: Limiter, settlement: Settlement) -> None:
-        """Settle in the shared limiter; if it is unreachable, the hold expires by itself."""
-        try:
-            await limiter.settle(settlement)
-        except Exception as exc:  # the cost is in the log; spent heals from it
-            self._went_down(exc)
-
-    def background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` without waiting for it (kept referenced until it ends)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def flush(self) -> None:
+        """Wait for settlements on their way to the shared limiter."""
+        if self.shared_limits is not None:
+            await self.shared_limits.flush()
 
     async def aclose(self) -> None:
-        """Wait for settlements still on their way."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _went_down(self, exc: BaseException) -> None:
-        now = self.clock()
-        if not self._down:
-            self._down = True
-            log.warning("shared rate limiter unreachable; rate limits are per hub process and "
-                        "budgeted keys get 503 until it answers", error_type=type(exc).__name__,
-                        error=str(exc))
-        self._down_until = now + RETRY_SHARED_S
+        """Give back this hub's leases and wait for settlements on their way."""
+        if self.shared_limits is not None:
+            await self.shared_limits.aclose()
 
 
 def _refusal(key: KeyState, limit: Limit, spent_nano: int) -> str:

@@ -26,6 +26,10 @@ from porten.domain.state import FleetState, KeyState
 from porten.services.credentials import API_KEY_PREFIX, token_hash, well_formed
 
 _NO_SPACE: Final = re.compile(r"\S+")
+#: The scheme, then whatever whitespace follows it (kept, to tell what is wrong with it).
+_SCHEME: Final = re.compile(r"(\s+)")
+#: How to send a key: every refusal of an unusable ``Authorization`` header ends with it.
+_EXPECTED: Final = f"'Authorization: Bearer {API_KEY_PREFIX}…'"
 #: Verified tokens the cache holds before it starts over (a few MB at most).
 CACHE_ENTRIES: Final = 50_000
 
@@ -39,24 +43,32 @@ class Unauthenticated(Exception):
 
 
 def bearer_token(headers: Sequence[str]) -> str:
-    """The token of exactly one ``Authorization: Bearer <token>`` header.
+    """The token of exactly one ``Authorization: Bearer <token>`` header, written exactly so.
 
-    The scheme is case-insensitive (RFC 7235); anything else — no header,
-    two headers, another scheme, an empty or space-containing token — is refused.
+    ``Bearer``, one space, the key, nothing else: what OpenAI's SDKs and
+    every documented example send. Anything else — no header, two headers,
+    another scheme, ``bearer`` in another case, a tab or extra spaces, an
+    empty or space-containing token — is refused with a reason that says
+    what to send instead (and never repeats the header's value).
     """
+    if len(headers) == 1 and headers[0].startswith("Bearer "):
+        token = headers[0][7:]
+        if _NO_SPACE.fullmatch(token):
+            return token
     if not headers or (len(headers) == 1 and not headers[0].strip()):
-        raise Unauthenticated(
-            "no API key: send it as 'Authorization: Bearer sk-porten-…'"
-        )
+        raise Unauthenticated(f"no API key: send it as {_EXPECTED}")
     if len(headers) > 1:
-        raise Unauthenticated("send exactly one Authorization header")
-    scheme, _, token = headers[0].strip().partition(" ")
+        raise Unauthenticated(f"send exactly one Authorization header: use {_EXPECTED}")
+    scheme, _, rest = [*_SCHEME.split(headers[0].strip(), maxsplit=1), "", ""][:3]
     if scheme.lower() != "bearer":
-        raise Unauthenticated("the Authorization header must use the Bearer scheme")
-    token = token.strip()
-    if not _NO_SPACE.fullmatch(token):
-        raise Unauthenticated("the Authorization header has no usable token")
-    return token
+        raise Unauthenticated(f"the Authorization header must use the Bearer scheme: use "
+                              f"{_EXPECTED}")
+    if scheme != "Bearer":
+        raise Unauthenticated(f"spell the scheme exactly 'Bearer': use {_EXPECTED}")
+    if not _NO_SPACE.fullmatch(rest):
+        raise Unauthenticated(f"the Authorization header has no usable token: use {_EXPECTED}")
+    raise Unauthenticated("put exactly one space between 'Bearer' and the key, and nothing "
+                          f"around them: use {_EXPECTED}")
 
 
 def _verified(state: FleetState, server_secret: bytes, token: str) -> KeyState:

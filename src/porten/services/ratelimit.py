@@ -9,6 +9,13 @@ sharing one Redis, via one Lua script). Both apply the arithmetic of
 :mod:`porten.domain.quota`; ``tests/contract/test_limiter_contract.py``
 runs the same scenarios against each.
 
+Budget reservations are *holds*, named by the ask's ``request_id``: a
+request's own (reserved, then released whole when it settles), or a hub's
+lease of a slice of the budget (:mod:`porten.services.leases`), which
+grows with each slice granted and shrinks as the hub reports what it spent
+and what it no longer needs. Holds add up, and ``spent + every hold <=
+budget`` is the one inequality every admission keeps.
+
 Spent money is ``max(what the limiter counted, what the log says)``: the
 limiter sees settlements at once (the log only after they are folded), the
 log sees every settlement (also ones a lost Redis never got), so the larger
@@ -22,7 +29,7 @@ from typing import Literal, Protocol
 import attrs
 import msgspec
 
-from porten.domain.quota import budget_reserve, gcra, gcra_adjust
+from porten.domain.quota import budget_slice, gcra, gcra_adjust
 
 Limit = Literal["", "requests", "tokens", "budget"]
 
@@ -50,7 +57,15 @@ class Ask(msgspec.Struct, frozen=True, kw_only=True):
     #: The reservation wanted (the worst case) and the least that lets the request run.
     want_nano: int = 0
     least_nano: int = 0
-    #: How long a reservation may stay unsettled before it is dropped (a hub that died).
+    #: A budget slice: reserve up to this much (see :func:`~porten.domain.quota.budget_slice`;
+    #: 0: ``want_nano`` alone). What is reserved is added to the hold ``request_id``.
+    slice_nano: int = 0
+    #: A report on the hold ``request_id``, applied first (whatever the verdict): release
+    #: this much of it, and count this much as spent (what it paid for; the holder may have
+    #: paid more than it held — a prompt longer than its estimate).
+    hold_release_nano: int = 0
+    hold_spent_nano: int = 0
+    #: How long a hold may go unrenewed before it is dropped (a hub that died).
     hold_s: float = 900.0
 
 
@@ -77,6 +92,8 @@ class Settlement(msgspec.Struct, frozen=True, kw_only=True):
     #: What the request cost (nano-dollars); only counted for budgeted keys.
     cost_nano: int = 0
     budgeted: bool = False
+    #: How much of the hold ``request_id`` to release (None: all of it).
+    release_nano: int | None = None
 
 
 class Limiter(Protocol):
@@ -87,7 +104,7 @@ class Limiter(Protocol):
         ...
 
     async def settle(self, settlement: Settlement) -> None:
-        """Release the request's reservation and charge what it used."""
+        """Release the request's reservation (or part of a hold) and charge what it used."""
         ...
 
 
@@ -95,12 +112,29 @@ class Limiter(Protocol):
 class _Budget:
     spent: int = 0
     held: int = 0
-    #: request id → (reserved nano-dollars, expires at)
+    #: hold id → (held nano-dollars, expires at)
     holds: dict[str, tuple[int, float]] = attrs.field(factory=dict)
 
     def expire(self, now: float) -> None:
         for rid in [rid for rid, (_, until) in self.holds.items() if until <= now]:
             self.held -= self.holds.pop(rid)[0]
+
+    def release(self, rid: str, amount: int | None) -> None:
+        """Release ``amount`` of hold ``rid`` (None: all of it; never more than it holds)."""
+        hold, until = self.holds.get(rid, (0, 0.0))
+        freed = hold if amount is None else min(hold, amount)
+        self.held -= freed
+        if hold - freed > 0:
+            self.holds[rid] = (hold - freed, until)
+        else:
+            self.holds.pop(rid, None)
+
+    def hold(self, rid: str, amount: int, until: float) -> None:
+        """Add ``amount`` to hold ``rid`` (if it holds anything, it now lasts until ``until``)."""
+        held = self.holds.get(rid, (0, 0.0))[0] + amount
+        self.held += amount
+        if held > 0:
+            self.holds[rid] = (held, until)
 
 
 @attrs.define
@@ -119,6 +153,13 @@ class LocalLimiter:
         """:meth:`admit` without the coroutine (it never waits)."""
         req_tat = tok_tat = 0.0
         self._refund(ask)
+        budget = None
+        if ask.budget_nano is not None:
+            budget = self._budgets.setdefault(ask.key_id, _Budget())
+            budget.expire(ask.now)
+            if ask.hold_release_nano > 0 or ask.hold_spent_nano > 0:
+                budget.release(ask.request_id, max(ask.hold_release_nano, 0))
+                budget.spent += ask.hold_spent_nano
         if ask.requests_per_min is not None:
             ok, req_tat, wait = gcra(self._requests.get(ask.key_id, 0.0), ask.now,
                                      ask.request_cost, ask.requests_per_min)
@@ -130,13 +171,10 @@ class LocalLimiter:
             if not ok:
                 return Verdict(allowed=False, limit="tokens", retry_after_s=wait)
         reserved = spent = 0
-        budget = None
-        if ask.budget_nano is not None:
-            budget = self._budgets.setdefault(ask.key_id, _Budget())
-            budget.expire(ask.now)
+        if budget is not None and ask.budget_nano is not None:
             spent = budget.spent = max(budget.spent, ask.spent_nano)
-            reserved, wait = budget_reserve(ask.budget_nano, spent, budget.held, ask.want_nano,
-                                            ask.least_nano)
+            reserved, wait = budget_slice(ask.budget_nano, spent, budget.held, ask.want_nano,
+                                          ask.least_nano, size=ask.slice_nano)
             if reserved == 0 and ask.want_nano > 0:
                 return Verdict(allowed=False, limit="budget", retry_after_s=wait,
                                spent_nano=spent)
@@ -144,9 +182,8 @@ class LocalLimiter:
             self._requests[ask.key_id] = req_tat
         if ask.tokens_per_min is not None:
             self._tokens[ask.key_id] = tok_tat
-        if budget is not None and reserved:
-            budget.held += reserved
-            budget.holds[ask.request_id] = (reserved, ask.now + ask.hold_s)
+        if budget is not None:
+            budget.hold(ask.request_id, reserved, ask.now + ask.hold_s)
         return Verdict(allowed=True, reserved_nano=reserved, spent_nano=spent)
 
     def _refund(self, ask: Ask) -> None:
@@ -167,7 +204,5 @@ class LocalLimiter:
         if not s.budgeted:
             return
         budget = self._budgets.setdefault(s.key_id, _Budget())
-        hold = budget.holds.pop(s.request_id, None)
-        if hold is not None:
-            budget.held -= hold[0]
+        budget.release(s.request_id, s.release_nano)
         budget.spent += s.cost_nano
