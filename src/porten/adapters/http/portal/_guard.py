@@ -13,7 +13,15 @@ from aiohttp import web
 
 from porten.adapters.http.portal._layout import error_page
 from porten.adapters.http.portal._session import SESSION_COOKIE, Expired
-from porten.adapters.http.portal._web import Viewer, clear_cookie, session_of, viewer_of
+from porten.adapters.http.portal._web import (
+    Form,
+    FormRejected,
+    Viewer,
+    checked_form,
+    clear_cookie,
+    session_of,
+    viewer_of,
+)
 
 
 def _to_signin(request: web.Request) -> web.Response:
@@ -38,3 +46,20 @@ def operator(request: web.Request) -> Viewer | web.Response:
     if isinstance(viewer, Viewer) and not viewer.is_operator:
         return error_page(request, 403, "Only operators may open the fleet pages.")
     return viewer
+
+
+async def signed_in_form(
+    request: web.Request, *, operators_only: bool = False
+) -> tuple[Viewer, Form] | web.Response:
+    """The viewer and their checked form (CSRF, origin, size), or the page to answer instead.
+
+    Every portal form post starts here, so none can skip the sign-in check or
+    the CSRF check, and none runs them in another order.
+    """
+    viewer = operator(request) if operators_only else signed_in(request)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    try:
+        return viewer, await checked_form(request)
+    except FormRejected as exc:
+        return error_page(request, exc.status, exc.message)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from porten.adapters.http.hubkeys import HUB
-from porten.adapters.http.portal._guard import signed_in
+from porten.adapters.http.portal._guard import signed_in, signed_in_form
 from porten.adapters.http.portal._html import Markup, html
 from porten.adapters.http.portal._layout import error_page, notice, page
 from porten.adapters.http.portal._session import CSRF_FIELD
-from porten.adapters.http.portal._web import FormRejected, Viewer, checked_form, csrf_token, secured
+from porten.adapters.http.portal._web import Viewer, csrf_token, secured
 from porten.services.enrolment import ApprovalProblem, display_user_code, normalise_user_code
 
 MAX_CODE_INPUT = 32
@@ -51,13 +51,10 @@ async def device_page(request: web.Request) -> web.StreamResponse:
 @secured
 async def device_confirm(request: web.Request) -> web.StreamResponse:
     """Check the code and ask the owner to approve or deny that machine."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     entered = form.get("code")[:MAX_CODE_INPUT]
     hub = request.app[HUB]
     try:
@@ -88,13 +85,10 @@ async def device_confirm(request: web.Request) -> web.StreamResponse:
 @secured
 async def device_decide(request: web.Request) -> web.StreamResponse:
     """Record the owner's decision."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     decision = form.get("decision")
     if decision not in ("approve", "deny"):
         return error_page(request, 400, "Choose Approve or Deny.")

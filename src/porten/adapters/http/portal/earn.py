@@ -14,15 +14,13 @@ from aiohttp import web
 
 from porten.adapters.http.enrolment import portal_base
 from porten.adapters.http.hubkeys import HUB
-from porten.adapters.http.portal._guard import signed_in
+from porten.adapters.http.portal._guard import signed_in, signed_in_form
 from porten.adapters.http.portal._html import Markup, html, join
-from porten.adapters.http.portal._layout import error_page, notice, page
+from porten.adapters.http.portal._layout import notice, page
 from porten.adapters.http.portal._session import CSRF_FIELD
 from porten.adapters.http.portal._web import (
     PORTAL,
-    FormRejected,
     Viewer,
-    checked_form,
     csrf_token,
     secured,
 )
@@ -141,13 +139,10 @@ async def add_node(request: web.Request) -> web.StreamResponse:
 @secured
 async def mint_token(request: web.Request) -> web.StreamResponse:
     """Mint a single-use enrolment token; shown on this response only."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     name = form.get("name").strip()
     ttl = form.get("ttl_s", "86400")
     if not ttl.isdigit() or int(ttl) not in {s for _, s in TOKEN_TTLS}:
@@ -173,13 +168,10 @@ async def mint_token(request: web.Request) -> web.StreamResponse:
 @secured
 async def revoke_token(request: web.Request) -> web.StreamResponse:
     """Withdraw an unused token."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, _ = posted
     try:
         await request.app[HUB].enrolment_tokens.revoke(
             viewer.user_id, request.match_info["token_id"], actor=f"user:{viewer.user_id}")

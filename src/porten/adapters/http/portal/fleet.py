@@ -16,15 +16,13 @@ from typing import Final
 from aiohttp import web
 
 from porten.adapters.http.hubkeys import HUB
-from porten.adapters.http.portal._guard import operator
+from porten.adapters.http.portal._guard import operator, signed_in_form
 from porten.adapters.http.portal._html import Markup, html, join, query_value
 from porten.adapters.http.portal._layout import error_page, notice, page
 from porten.adapters.http.portal._session import CSRF_FIELD
 from porten.adapters.http.portal._web import (
     PORTAL,
-    FormRejected,
     Viewer,
-    checked_form,
     csrf_token,
     secured,
 )
@@ -157,13 +155,10 @@ async def fleet(request: web.Request) -> web.StreamResponse:
 @secured
 async def catalog_change(request: web.Request) -> web.StreamResponse:
     """``POST /fleet/catalog``: enable or disable a model, as events naming the operator."""
-    viewer = operator(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request, operators_only=True)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     hub = request.app[HUB]
     model, action = form.get("model", ""), form.get("action", "")
     known = hub.projection.state.catalog.get(model)

@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 
 from porten.adapters.http.hubkeys import HUB
-from porten.adapters.http.portal._guard import signed_in
+from porten.adapters.http.portal._guard import signed_in, signed_in_form
 from porten.adapters.http.portal._html import Markup, html, join, query_value
 from porten.adapters.http.portal._layout import error_page, notice, page
 from porten.adapters.http.portal._policy_form import (
@@ -25,7 +25,7 @@ from porten.adapters.http.portal._policy_form import (
     policy_fields,
 )
 from porten.adapters.http.portal._session import CSRF_FIELD
-from porten.adapters.http.portal._web import FormRejected, Viewer, checked_form, csrf_token, secured
+from porten.adapters.http.portal._web import Viewer, csrf_token, secured
 from porten.adapters.http.portal.fleet import when
 from porten.domain.state import KeyState
 from porten.domain.values import KeyPolicy
@@ -110,13 +110,10 @@ def _check_name(name: str) -> None:
 @secured
 async def create_key(request: web.Request) -> web.StreamResponse:
     """Mint a key; the answer is the only page that ever shows its secret."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     hub = request.app[HUB]
     name = form.get("name").strip()
     try:
@@ -175,13 +172,10 @@ async def edit_key(request: web.Request) -> web.StreamResponse:
 @secured
 async def save_policy(request: web.Request) -> web.StreamResponse:
     """Replace the key's policy."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        form = await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, form = posted
     key = _own_key(request, viewer)
     if key is None or not key.active:
         return error_page(request, 404, "You have no active key with that id.")
@@ -198,13 +192,10 @@ async def save_policy(request: web.Request) -> web.StreamResponse:
 @secured
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     """Revoke one of the viewer's keys."""
-    viewer = signed_in(request)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    try:
-        await checked_form(request)
-    except FormRejected as exc:
-        return error_page(request, exc.status, exc.message)
+    posted = await signed_in_form(request)
+    if not isinstance(posted, tuple):
+        return posted
+    viewer, _ = posted
     key = _own_key(request, viewer)
     if key is None or not key.active:
         return error_page(request, 404, "You have no active key with that id.")
