@@ -150,11 +150,12 @@ def requesters(draw: st.DrawFn) -> Requester:
 
 
 def _pinned(s: Scenario, node: NodeState) -> list[str]:
-    """Placements the planner may not touch: loads in progress and busy ones."""
+    """Placements the planner may not touch: loads in progress, busy ones, and draining ones
+    (the drain, not the planner, unloads those as their last request ends)."""
     return [
         m
         for m, p in node.placements.items()
-        if p.phase != "ready" or f.is_busy(s.busy, node.node_id, m)
+        if p.phase != "ready" or p.draining or f.is_busy(s.busy, node.node_id, m)
     ]
 
 

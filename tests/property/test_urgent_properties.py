@@ -63,7 +63,8 @@ def contested(draw: st.DrawFn) -> Scenario:
         for _ in range(draw(st.integers(1, 4))):
             b.advance(60.0).demand("cold", served=0, unmet=draw(st.integers(1, 5)))
     placed = sorted((n.node_id, m) for n in b.state.nodes.values() for m in n.placements)
-    busy = {p: draw(st.integers(1, 700)) for p in draw(st.sets(st.sampled_from(placed)))}
+    serving = draw(st.sets(st.sampled_from(placed))) if placed else set()  # none may be placed
+    busy = {p: draw(st.integers(1, 700)) for p in serving}
     if placed and draw(st.booleans()):
         n, m = draw(st.sampled_from(placed))
         b.emit(ev.ModelDraining, node_id=n, model_id=m, evicted_for="")
