@@ -363,7 +363,11 @@ class Simulation(LoadMechanics):
         self.policy.on_window(self, self.now)
         if self.parked:
             self._freed = True
-        if self._open or self.now - self.epoch < self.trace.span_s:
+        # Compared in absolute time, computed as arrivals are (epoch + offset), and with
+        # ``<=``: a window closing at the instant of the last arrival runs first (timers win
+        # a tie), and a request parked by that arrival still needs a next window.
+        last_arrival = self.epoch + self.trace.t[-1] if len(self.trace) else self.epoch
+        if self._open or self.now <= last_arrival:
             self.schedule(self.now + w, _WINDOW, 0)
 
     # --- what policies call -----------------------------------------------------------------
