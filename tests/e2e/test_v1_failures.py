@@ -269,6 +269,58 @@ async def test_client_disconnect_cancels_on_the_engine(slow_porten: Porten) -> N
     assert received <= served.completion_tokens < len(plan.content_tokens)
 
 
+async def test_a_client_hanging_up_on_a_non_streamed_answer_cancels_it_on_the_engine(
+    slow_porten: Porten,
+) -> None:
+    """No byte of a non-streamed answer has gone out, yet the hub notices the client leave:
+    the engine stops at once, the node is free again, and the request is metered once."""
+    porten = slow_porten
+    prompt = long_prompt(CHAT, SLOW, min_tokens=40)  # 2 s of generation
+    asking = asyncio.create_task(porten.post("/v1/chat/completions",
+                                             {"model": CHAT, "messages": user(prompt)}))
+
+    async def generating() -> bool:
+        return (await porten.sim_stats())["tokens_generated"] > 0
+
+    await eventually(generating, what="the engine generating")
+    assert porten.hub.busy() == {(LOCAL, CHAT): 1}
+    asking.cancel()  # the client hangs up
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+
+    async def cancelled() -> bool:
+        return (await porten.sim_stats())["cancelled"] == 1
+
+    await eventually(cancelled, what="the engine saw the cancel")
+    stats = await porten.sim_stats()
+    assert (stats["started"], stats["completed"]) == (1, 0)
+    [served] = await porten.served(1)
+    assert (served.outcome, served.completion_tokens) == ("cancelled", 0)
+    assert porten.hub.busy() == {}
+
+
+async def test_a_request_holds_its_node_busy_from_the_moment_it_is_sent(settings: Settings) -> None:
+    """Busy before the node's first byte (a long prefill here), so no drain or eviction can
+    pull the model out from under it; a client that gives up releases it."""
+    prefill = SimProfile(ttft_ms=60_000, tokens_per_s=20)
+    async with serving(settings, profile=prefill) as porten:
+        asking = asyncio.create_task(porten.post(
+            "/v1/chat/completions", {"model": CHAT, "messages": user("hello")}))
+
+        async def started() -> bool:
+            return (await porten.sim_stats())["started"] == 1
+
+        await eventually(started, what="the engine working on it")
+        assert porten.hub.busy() == {(LOCAL, CHAT): 1}
+        assert not asking.done()
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        await eventually(lambda: porten.hub.busy() == {}, what="the node free again")
+        [served] = await porten.served(1)
+        assert served.outcome == "cancelled"
+
+
 async def test_total_timeout_is_504_gateway_timeout(settings: Settings) -> None:
     """Past request_timeout_s a request ends with 504 (or, streaming, a gateway_timeout event)."""
     crawl = SimProfile(ttft_ms=0, tokens_per_s=10)

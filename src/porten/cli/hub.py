@@ -97,7 +97,11 @@ async def listening(settings: Settings) -> AsyncIterator[tuple[Hub, str]]:
     On exit it drains first (see :func:`drain`), then stops the hub's parts.
     """
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT_S)
+    # A client that hangs up cancels its handler at once: a request waiting for
+    # its first byte, a cold load or a whole non-streamed answer stops on the
+    # node instead of generating for nobody (aiohttp leaves this off by default).
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT_S,
+                           handler_cancellation=True)
     await runner.setup()  # opens the database, the event log and the projection
     _RUNNERS[app[HUB]] = runner
     try:

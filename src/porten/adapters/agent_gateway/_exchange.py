@@ -53,6 +53,8 @@ class Exchange:
         self._started: asyncio.Future[AgentResponseStart] = (
             asyncio.get_running_loop().create_future()
         )
+        #: The future a :meth:`start` call is waiting on right now, if any.
+        self._start_waiter: asyncio.Future[None] | None = None
         self._buffer: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._end: str | None = None  # "" once complete, the error if it failed
@@ -99,8 +101,22 @@ class Exchange:
 
         Raises :class:`NodeGone`, :class:`EngineFailed`, or ``TimeoutError``
         after ``timeout`` seconds (the exchange stays usable: call it again or leave).
+
+        The caller waits on a future of its own that the link's reader resolves
+        in the same step as it records the start, so the first byte reaches the
+        client one loop turn after its frame is read (``wait_for(shield(...))``
+        took three: every turn is an ``epoll`` call and a chance for other work
+        to go first).
         """
-        return await asyncio.wait_for(asyncio.shield(self._started), timeout)
+        if not self._started.done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._start_waiter = waiter
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            finally:
+                self._start_waiter = None
+        return self._started.result()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes in order; credit goes back to the agent as they are taken.
@@ -147,6 +163,7 @@ class Exchange:
         if self._started.done():
             return "a second response start for the same request"
         self._started.set_result(start)
+        self._wake_starter()
         if start.data:
             violation = self.deliver_chunk(start.data)
             if violation is not None:
@@ -190,3 +207,9 @@ class Exchange:
         # Mark it retrieved: a caller that only iterates chunks() must not get a
         # "Future exception was never retrieved" warning at garbage collection.
         self._started.exception()
+        self._wake_starter()
+
+    def _wake_starter(self) -> None:
+        waiter = self._start_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -108,7 +108,15 @@ class AgentGateway:
                 await asyncio.wait_for(link.finished.wait(), _DRAIN_S)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Run one agent connection from upgrade to teardown."""
+        """Run one agent connection from upgrade to teardown.
+
+        Shielded from the hub's cancel-on-hang-up: a dropped agent connection
+        is noticed by the reader itself, and the teardown that records the
+        node's departure must run whole, wherever the drop caught the handler.
+        """
+        return await asyncio.shield(self._handle(request))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self._closing:
             return _error(503, "the hub is shutting down", "hub_unavailable")
         node_id = self._authenticate(request)

@@ -215,33 +215,49 @@ class Relay:
             request_id=job.request_id, path=job.path, model_id=job.model_id,
             body=job.body, stream=job.stream,
         )
+        # Busy from the moment it is sent, not from the node's first answer: a
+        # drain or an eviction must never finish under a request on its way.
+        self._busy(link.node_id, job.model_id, +1)  # balanced by meter() or below
         exchange = link.exchange(request)
-        await exchange.__aenter__()
         started = time.perf_counter()
         try:
+            await exchange.__aenter__()
             start = await exchange.start(timeout=remaining)
         except TimeoutError:
             await _leave(exchange)  # cancels it on the node, which may have worked on it
-            self.in_flight[(link.node_id, job.model_id)] += 1  # balanced by meter()
             elapsed = time.perf_counter() - started
             self.meter(job, link.node_id, Usage(job.prompt_estimate, 0, job.prompt_estimate),
                        ttft_s=elapsed, duration_s=elapsed, outcome="timeout")
             raise errors.gateway_timeout() from None
+        except asyncio.CancelledError:  # the client hung up while the node worked on it
+            await _leave(exchange)
+            elapsed = time.perf_counter() - started
+            self.meter(job, link.node_id, Usage(job.prompt_estimate, 0, job.prompt_estimate),
+                       ttft_s=elapsed, duration_s=elapsed, outcome="cancelled")
+            raise
         except (NodeGone, EngineFailed) as exc:
+            self._busy(link.node_id, job.model_id, -1)
             await _leave(exchange)
             log.warning("node failed before answering", node_id=link.node_id, error=str(exc))
             return None
         except BaseException:
+            self._busy(link.node_id, job.model_id, -1)
             await _leave(exchange)
             raise
         if start.status >= 500:
+            self._busy(link.node_id, job.model_id, -1)
             await _leave(exchange)
             log.warning("engine error before answering", node_id=link.node_id,
                         status=start.status)
             return None
-        self.in_flight[(link.node_id, job.model_id)] += 1
         self.demand.served(job.model_id)
         return Opened(node_id=link.node_id, exchange=exchange, start=start, started_at=started)
+
+    def _busy(self, node_id: str, model_id: str, change: int) -> None:
+        key = (node_id, model_id)
+        self.in_flight[key] += change
+        if self.in_flight[key] <= 0:
+            del self.in_flight[key]
 
     def meter(self, job: Job, node_id: str, usage: Usage, *, ttft_s: float, duration_s: float,
               outcome: Outcome) -> None:
@@ -250,10 +266,7 @@ class Relay:
         The event opens the stream ``request-<id>``, so a retry of a commit that
         did go through conflicts rather than billing twice.
         """
-        key = (node_id, job.model_id)
-        self.in_flight[key] -= 1
-        if self.in_flight[key] <= 0:
-            del self.in_flight[key]
+        self._busy(node_id, job.model_id, -1)
         c = job.charge(node_id, usage.prompt_tokens, usage.completion_tokens) if job.charge \
             else Charge()
         self.writer.submit([
@@ -277,12 +290,16 @@ class Relay:
     async def _complete(self, job: Job) -> web.Response:
         opened = await self.open(job)
         with structlog.contextvars.bound_contextvars(node_id=opened.node_id):
-            body, outcome = await self._collect(job, opened)
-            duration = time.perf_counter() - opened.started_at
-            usage = response_usage(body) if outcome == "ok" else None
-            self.meter(job, opened.node_id,
-                       usage or Usage(job.prompt_estimate, 0, job.prompt_estimate),
-                       ttft_s=duration, duration_s=duration, outcome=outcome)
+            body: bytes = b""
+            outcome: Outcome = "cancelled"
+            try:  # a client that hangs up cancels this wait (and the node's work)
+                body, outcome = await self._collect(job, opened)
+            finally:  # metered either way; a cancelled answer gave the client nothing
+                duration = time.perf_counter() - opened.started_at
+                usage = response_usage(body) if outcome == "ok" else None
+                self.meter(job, opened.node_id,
+                           usage or Usage(job.prompt_estimate, 0, job.prompt_estimate),
+                           ttft_s=duration, duration_s=duration, outcome=outcome)
             if outcome == "timeout":
                 raise errors.gateway_timeout()
             if outcome != "ok":
